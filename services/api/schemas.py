@@ -1,0 +1,237 @@
+"""Request parsing: OpenAI chat-completions JSON and multipart forms → ``SubmitCommand``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from services.errors import BadRequest, InvalidInput
+from services.jobs.models import ContentPart, Message, SamplingParams
+from services.jobs.service import SubmitCommand
+
+_DATA_URL = re.compile(
+    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*);base64,"
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class ImageUrl(_Strict):
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[Part]
+    name: str | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text"]
+
+
+class Sampling(_Strict):
+    """Sampling options shared by the JSON and multipart forms, with OpenAI/vLLM ranges."""
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    timeout_seconds: int | None = Field(default=None, ge=1)
+    metadata: dict[str, str] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        items = [value] if isinstance(value, str) else (value or [])
+        if len(items) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if any(not s or len(s) > 128 for s in items):
+            raise ValueError("stop sequences must be 1 to 128 characters")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and (
+            len(value) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in value.items())
+        ):
+            raise ValueError("at most 16 keys; keys up to 64 and values up to 512 characters")
+        return value
+
+    def sampling_params(self) -> SamplingParams:
+        stop = self.stop
+        return SamplingParams(
+            max_tokens=self.max_tokens
+            if self.max_tokens is not None
+            else self.max_completion_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
+            seed=self.seed,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+        )
+
+
+class ChatJobRequest(Sampling):
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=64)
+    response_format: ResponseFormat | None = None
+    n: Literal[1] | None = None
+    stream: Literal[False] | None = None
+    user: str | None = Field(default=None, max_length=256)
+
+
+class FormJobRequest(Sampling):
+    model: str = Field(min_length=1, max_length=200)
+    prompt: str = Field(min_length=1)
+    system: str | None = None
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        location = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{location}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _parse(model: type[_Strict], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(_validation_message(exc), code="invalid_parameter") from None
+
+
+def decode_data_url(url: str) -> bytes:
+    """Bytes of a base64 ``data:`` URL; other schemes are refused for now."""
+    match = _DATA_URL.match(url)
+    if match is None:
+        if url.startswith(("http://", "https://")):
+            raise InvalidInput(
+                "Remote image URLs are not accepted yet; send the image as a base64 data: URL "
+                "or as a multipart upload.",
+                code="unsupported_image_url",
+            )
+        raise InvalidInput(
+            "image_url.url must be a data:image/...;base64,... URL.", code="invalid_image_url"
+        )
+    try:
+        return base64.b64decode(url[match.end() :], validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("image_url.url is not valid base64.", code="invalid_image_url") from None
+
+
+def _convert_messages(messages: list[ChatMessage]) -> tuple[tuple[Message, ...], tuple[bytes, ...]]:
+    converted: list[Message] = []
+    images: list[bytes] = []
+    for message in messages:
+        if isinstance(message.content, str):
+            parts: tuple[ContentPart, ...] = (ContentPart(type="text", text=message.content),)
+        else:
+            items: list[ContentPart] = []
+            for part in message.content:
+                if isinstance(part, TextPart):
+                    items.append(ContentPart(type="text", text=part.text))
+                else:
+                    if message.role != "user":
+                        raise InvalidInput(
+                            "Images are only accepted in user messages.", code="invalid_parameter"
+                        )
+                    items.append(ContentPart(type="image", image_index=len(images)))
+                    images.append(decode_data_url(part.image_url.url))
+            parts = tuple(items)
+        if not parts:
+            raise InvalidInput("A message needs content.", code="invalid_parameter")
+        converted.append(Message(role=message.role, content=parts))
+    if not any(m.role == "user" for m in converted):
+        raise InvalidInput("messages needs at least one user message.", code="invalid_parameter")
+    return tuple(converted), tuple(images)
+
+
+def parse_json_job(body: Any, owner_id: str) -> SubmitCommand:
+    if not isinstance(body, dict):
+        raise BadRequest("The JSON body must be an object.", code="invalid_json")
+    request: ChatJobRequest = _parse(ChatJobRequest, body)
+    messages, images = _convert_messages(request.messages)
+    return SubmitCommand(
+        owner_id=owner_id,
+        model=request.model,
+        messages=messages,
+        images=images,
+        params=request.sampling_params(),
+        timeout_seconds=request.timeout_seconds,
+        metadata=request.metadata or {},
+    )
+
+
+_FORM_SCALARS = {
+    "model", "prompt", "system", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+    "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty", "repetition_penalty",
+    "timeout_seconds",
+}  # fmt: skip
+
+
+def parse_form_job(
+    form: Mapping[str, list[str]], files: Mapping[str, list[bytes]], owner_id: str, model: str
+) -> SubmitCommand:
+    """Multipart: ``image`` file(s), ``prompt``, optional model and sampling fields."""
+    unknown = set(form) - _FORM_SCALARS - {"stop"}
+    unknown |= set(files) - {"image"}
+    if unknown:
+        raise InvalidInput(
+            f"Unknown form fields: {', '.join(sorted(unknown))}.", code="invalid_parameter"
+        )
+    data: dict[str, Any] = {k: v[-1] for k, v in form.items() if k in _FORM_SCALARS}
+    data.setdefault("model", model)
+    if "stop" in form:
+        data["stop"] = form["stop"]
+    request: FormJobRequest = _parse(FormJobRequest, data)
+    images = tuple(files.get("image", []))
+    content = [ContentPart(type="image", image_index=i) for i in range(len(images))]
+    content.append(ContentPart(type="text", text=request.prompt))
+    messages: list[Message] = []
+    if request.system:
+        messages.append(Message(role="system", content=(ContentPart("text", request.system),)))
+    messages.append(Message(role="user", content=tuple(content)))
+    return SubmitCommand(
+        owner_id=owner_id,
+        model=request.model,
+        messages=tuple(messages),
+        images=images,
+        params=request.sampling_params(),
+        timeout_seconds=request.timeout_seconds,
+        metadata={},
+    )

@@ -1,0 +1,23 @@
+"""Translate SQLAlchemy errors into Loupe's error tree."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from services.errors import Unavailable
+
+
+@contextmanager
+def translate_db_errors() -> Iterator[None]:
+    """Database down, locked or timed out → ``Unavailable`` (retryable)."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise Unavailable(f"database unavailable: {exc.orig}") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise Unavailable("database connection lost") from exc
+        raise

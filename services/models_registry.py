@@ -1,0 +1,139 @@
+"""Served models: public name → engine, weights, limits, defaults and price card."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+from services.errors import ConfigurationError, InvalidInput
+from services.jobs.models import PriceCard
+from services.settings import Settings
+
+TINY_MODEL = "loupe-tiny-mllama"
+LLAMA_11B = "llama-3.2-11b-vision-instruct"
+LLAMA_90B = "llama-3.2-90b-vision-instruct"
+ENGINES = frozenset({"transformers", "vllm"})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served model. ``weights_path`` is a local directory (or hub id on a GPU box)."""
+
+    name: str
+    engine: str
+    weights_path: str
+    architecture: str
+    max_images: int
+    max_output_tokens: int
+    default_max_tokens: int
+    context_length: int
+    price: PriceCard
+    owned_by: str = "meta"
+    engine_args: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def to_public(self) -> dict[str, Any]:
+        """The model in the OpenAI list shape, with Loupe's limits and price card."""
+        return {
+            "id": self.name,
+            "object": "model",
+            "owned_by": self.owned_by,
+            "architecture": self.architecture,
+            "limits": {
+                "max_images": self.max_images,
+                "max_output_tokens": self.max_output_tokens,
+                "context_length": self.context_length,
+            },
+            "pricing": self.price.to_json(),
+        }
+
+
+class ModelRegistry:
+    """Lookup of served models by public name."""
+
+    def __init__(self, specs: list[ModelSpec]) -> None:
+        for spec in specs:
+            if spec.engine not in ENGINES:
+                raise ConfigurationError(f"model {spec.name}: unknown engine {spec.engine!r}")
+        self._specs = {spec.name: spec for spec in specs}
+
+    def get(self, name: str) -> ModelSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise InvalidInput(
+                f"Model {name!r} is not served here; GET /v1/models lists the served models.",
+                code="model_not_found",
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __iter__(self) -> Iterator[ModelSpec]:
+        return iter(self._specs.values())
+
+
+_LLAMA_VISION_PRICE = PriceCard(
+    input_per_million=Decimal("0.35"),
+    output_per_million=Decimal("0.40"),
+    per_image=Decimal("0.0005058"),
+)
+_LLAMA_11B_PRICE = PriceCard(
+    input_per_million=Decimal("0.18"),
+    output_per_million=Decimal("0.18"),
+    per_image=Decimal("0.0005058"),
+)
+
+
+def build_registry(settings: Settings) -> ModelRegistry:
+    """The models this deployment serves (all known ones unless LOUPE_SERVED_MODELS narrows it)."""
+    specs = [
+        ModelSpec(
+            name=TINY_MODEL,
+            engine="transformers",
+            weights_path=str(settings.models_dir / "tiny-mllama"),
+            architecture="MllamaForConditionalGeneration",
+            max_images=1,
+            max_output_tokens=256,
+            default_max_tokens=32,
+            context_length=2048,
+            price=PriceCard(),
+            owned_by="loupe",
+        ),
+        ModelSpec(
+            name=LLAMA_11B,
+            engine="vllm",
+            weights_path=settings.llama_11b_path,
+            architecture="MllamaForConditionalGeneration",
+            max_images=1,
+            max_output_tokens=4096,
+            default_max_tokens=512,
+            context_length=8192,
+            price=_LLAMA_11B_PRICE,
+            engine_args=MappingProxyType(
+                {"enforce_eager": True, "max_num_seqs": 16, "max_model_len": 8192}
+            ),
+        ),
+        ModelSpec(
+            name=LLAMA_90B,
+            engine="vllm",
+            weights_path=settings.llama_90b_path,
+            architecture="MllamaForConditionalGeneration",
+            max_images=1,
+            max_output_tokens=4096,
+            default_max_tokens=512,
+            context_length=8192,
+            price=_LLAMA_VISION_PRICE,
+            engine_args=MappingProxyType(
+                {"max_num_seqs": 32, "max_model_len": 8192, "tensor_parallel_size": 8}
+            ),
+        ),
+    ]
+    if settings.served_models:
+        unknown = set(settings.served_models) - {s.name for s in specs}
+        if unknown:
+            raise ConfigurationError(f"LOUPE_SERVED_MODELS names unknown models: {sorted(unknown)}")
+        specs = [s for s in specs if s.name in settings.served_models]
+    return ModelRegistry(specs)

@@ -1,0 +1,86 @@
+"""Object storage: the ``BlobStore`` Protocol and its S3 adapter (boto3, any S3 endpoint)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import TYPE_CHECKING, Protocol
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from services.errors import NotFound, Unavailable
+from services.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+
+
+class BlobStore(Protocol):
+    def put(self, key: str, data: bytes, content_type: str) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+
+
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+
+
+class S3BlobStore:
+    """Content-addressed objects in one bucket. ``put`` of an existing key is a no-op."""
+
+    def __init__(self, client: S3Client, bucket: str) -> None:
+        self._client = client
+        self._bucket = bucket
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3BlobStore:
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            aws_access_key_id=settings.s3_access_key_id,
+            aws_secret_access_key=settings.s3_secret_access_key,
+            config=Config(
+                connect_timeout=5,
+                read_timeout=30,
+                retries={"max_attempts": 3, "mode": "standard"},
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
+        return cls(client, settings.s3_bucket)
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        if self.exists(key):
+            return
+        md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+        try:
+            self._client.put_object(
+                Bucket=self._bucket, Key=key, Body=data, ContentType=content_type, ContentMD5=md5
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise Unavailable(f"object store write failed: {exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        try:
+            response = self._client.get_object(Bucket=self._bucket, Key=key)
+            return response["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                raise NotFound(f"object {key} is missing", code="image_missing") from exc
+            raise Unavailable(f"object store read failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise Unavailable(f"object store read failed: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._client.head_object(Bucket=self._bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                return False
+            raise Unavailable(f"object store unavailable: {exc}") from exc
+        except BotoCoreError as exc:
+            raise Unavailable(f"object store unavailable: {exc}") from exc
+        return True

@@ -1,0 +1,149 @@
+"""The real stack for end-to-end tests: a Celery worker subprocess (and gunicorn where needed)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from infra.localstack.servers import RedisServer, S3Server, free_port
+from services.api.app import create_app
+from services.auth.keys import Role
+from services.container import Container, build_container, utcnow
+from services.db import upgrade_to_head
+from services.settings import Settings, load_settings
+from tests.conftest import make_bucket
+from workers.engines.tiny_mllama import build_tiny_mllama
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Proc:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def spawn(argv: list[str], env: dict[str, str], log: Path) -> Proc:
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return Proc(process, log)
+
+
+@pytest.fixture(scope="session")
+def e2e_env(
+    redis_server: RedisServer, s3_server: S3Server, models_dir: Path, tmp_path_factory: Any
+) -> dict[str, str]:
+    build_tiny_mllama(models_dir / "tiny-mllama")  # once, before any worker starts
+    db = tmp_path_factory.mktemp("e2e") / "loupe.db"
+    env = {
+        "LOUPE_DATABASE_URL": f"sqlite:///{db}",
+        "LOUPE_BROKER_URL": f"redis://127.0.0.1:{redis_server.port}/1",
+        "LOUPE_S3_ENDPOINT_URL": s3_server.endpoint_url,
+        "LOUPE_S3_BUCKET": make_bucket(s3_server),
+        "LOUPE_S3_ACCESS_KEY_ID": s3_server.access_key_id,
+        "LOUPE_S3_SECRET_ACCESS_KEY": s3_server.secret_access_key,
+        "LOUPE_MODELS_DIR": str(models_dir),
+        "LOUPE_WORKER_CONCURRENCY": "4",
+    }
+    upgrade_to_head(env["LOUPE_DATABASE_URL"])
+    return env
+
+
+def process_env(env: dict[str, str]) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("LOUPE_")}
+    return keep | env | {"PYTHONUNBUFFERED": "1", "OTEL_SDK_DISABLED": "true"}
+
+
+def start_worker(env: dict[str, str], log: Path, name: str) -> Proc:
+    argv = [
+        str(BIN / "celery"), "-A", "workers.celery_app", "worker", "-Q", "inference",
+        "--pool", "threads", "--concurrency", env["LOUPE_WORKER_CONCURRENCY"],
+        "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle",
+        "--loglevel", "INFO", "-n", f"{name}@%h",
+    ]  # fmt: skip
+    proc = spawn(argv, process_env(env), log)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if " ready." in proc.log_text():
+            return proc
+        if proc.process.poll() is not None:
+            raise RuntimeError(f"worker exited early:\n{proc.log_text()[-4000:]}")
+        time.sleep(0.2)
+    proc.stop(signal.SIGKILL)
+    raise RuntimeError(f"worker did not start:\n{proc.log_text()[-4000:]}")
+
+
+def start_api(env: dict[str, str], log: Path) -> tuple[Proc, str]:
+    port = free_port()
+    argv = [
+        str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2",
+        "services.api.wsgi:app",
+    ]  # fmt: skip
+    proc = spawn(argv, process_env(env), log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url + "/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except requests.ConnectionError:
+            pass
+        if proc.process.poll() is not None:
+            raise RuntimeError(f"api exited early:\n{proc.log_text()[-4000:]}")
+        time.sleep(0.2)
+    proc.stop(signal.SIGKILL)
+    raise RuntimeError(f"api did not start:\n{proc.log_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def worker(e2e_env: dict[str, str], tmp_path_factory: Any) -> Iterator[Proc]:
+    proc = start_worker(e2e_env, tmp_path_factory.mktemp("logs") / "worker.log", "e2e")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def e2e_settings(e2e_env: dict[str, str]) -> Settings:
+    return load_settings(e2e_env)
+
+
+@pytest.fixture(scope="session")
+def e2e_container(e2e_settings: Settings) -> Iterator[Container]:
+    c = build_container(e2e_settings)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def e2e_client(e2e_container: Container) -> Any:
+    return create_app(container=e2e_container).test_client()
+
+
+@pytest.fixture(scope="session")
+def e2e_key(e2e_container: Container) -> str:
+    return e2e_container.keys.create("e2e", Role.USER, utcnow())[1]

@@ -1,0 +1,111 @@
+"""Jobs through the whole system: API → SQL + SeaweedFS → Redis → Celery worker → tiny Mllama."""
+
+from __future__ import annotations
+
+import io
+import signal
+import time
+from typing import Any
+
+import pytest
+import requests
+
+from services.jobs.models import JobStatus
+from services.jobs.queue import CeleryTaskQueue
+from tests.conftest import auth
+from tests.e2e.conftest import start_api
+from tests.helpers import chat_body, make_image
+
+pytestmark = pytest.mark.e2e
+TERMINAL = {"succeeded", "failed", "canceled", "expired"}
+
+
+def wait_for(get: Any, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = get()
+        if body["status"] in TERMINAL:
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"job did not finish: {body}")
+
+
+def assert_succeeded(body: dict[str, Any]) -> None:
+    assert body["status"] == "succeeded", body
+    assert body["output"]["text"]
+    assert body["output"]["finish_reason"] in {"stop", "length"}
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 0
+    assert usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert usage["images"] == 1
+    assert body["metrics"]["queue_seconds"] >= 0
+    assert body["metrics"]["run_seconds"] > 0
+
+
+def test_e2e_json_job_succeeds(worker, e2e_client, e2e_key):
+    response = e2e_client.post(
+        "/v1/jobs", json=chat_body(make_image(), max_tokens=6), headers=auth(e2e_key)
+    )
+    assert response.status_code == 202, response.json
+    body = wait_for(
+        lambda: e2e_client.get(response.headers["Location"], headers=auth(e2e_key)).json
+    )
+    assert_succeeded(body)
+    assert body["usage"]["completion_tokens"] <= 6
+
+
+def test_e2e_multipart_job_succeeds(worker, e2e_client, e2e_key):
+    response = e2e_client.post(
+        "/v1/jobs",
+        data={"image": (io.BytesIO(make_image(90, 70, "JPEG")), "x.jpg"), "prompt": "What?"},
+        headers=auth(e2e_key),
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 202, response.json
+    body = wait_for(
+        lambda: e2e_client.get(response.headers["Location"], headers=auth(e2e_key)).json
+    )
+    assert_succeeded(body)
+
+
+def test_e2e_duplicate_delivery_runs_model_once(worker, e2e_client, e2e_container, e2e_key):
+    response = e2e_client.post(
+        "/v1/jobs", json=chat_body(make_image(), max_tokens=4), headers=auth(e2e_key)
+    )
+    job_id = response.json["id"]
+    duplicate = CeleryTaskQueue(e2e_container.settings)
+    duplicate._app.send_task("loupe.inference.run", args=[job_id], queue="inference")
+    duplicate.close()
+    wait_for(lambda: e2e_client.get(f"/v1/jobs/{job_id}", headers=auth(e2e_key)).json)
+    deadline = time.monotonic() + 60
+    while f"job {job_id}: duplicate message ignored" not in worker.log_text():
+        assert time.monotonic() < deadline, "the duplicate message was never delivered"
+        time.sleep(0.2)
+    job = e2e_container.jobs.get(job_id)
+    assert job.status is JobStatus.SUCCEEDED
+    assert job.attempts == 1  # claimed (and so run) exactly once
+
+
+def test_e2e_job_survives_api_restart(worker, e2e_env, e2e_key, tmp_path):
+    api, url = start_api(e2e_env, tmp_path / "api1.log")
+    try:
+        response = requests.post(
+            url + "/v1/jobs",
+            files={"image": ("a.png", make_image(50, 50), "image/png")},
+            data={"prompt": "Describe.", "max_tokens": "4"},
+            headers=auth(e2e_key),
+            timeout=30,
+        )
+        assert response.status_code == 202, response.text
+        location = response.headers["Location"]
+    finally:
+        api.stop(signal.SIGKILL)
+    api, url = start_api(e2e_env, tmp_path / "api2.log")
+    try:
+        body = wait_for(
+            lambda: requests.get(url + location, headers=auth(e2e_key), timeout=10).json()
+        )
+        assert_succeeded(body)
+    finally:
+        api.stop()

@@ -1,0 +1,227 @@
+"""process_job with a fake Engine and BlobStore (our Protocols) over a real SQLite store."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from services.auth.keys import Role, SqlKeyStore
+from services.db import make_engine
+from services.errors import EngineError, Unavailable
+from services.jobs.models import (
+    ContentPart,
+    ImageRef,
+    JobStatus,
+    Message,
+    NewJob,
+    PriceCard,
+    SamplingParams,
+)
+from services.jobs.store import SqlJobStore
+from services.models_registry import ModelSpec, build_registry
+from services.settings import Settings
+from tests.helpers import make_image
+from workers.context import WorkerContext
+from workers.engines.base import GenerationRequest, GenerationResult
+from workers.pipeline import Outcome, RetryLater, give_up, process_job
+
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+class FakeEngine:
+    def __init__(self, *, error: Exception | None = None, block: threading.Event | None = None):
+        self.calls: list[GenerationRequest] = []
+        self.aborted: list[str] = []
+        self._error = error
+        self._block = block
+        self._abort = threading.Event()
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        self.calls.append(request)
+        if self._error is not None:
+            raise self._error
+        if self._block is not None:
+            self._abort.wait(5)
+            return GenerationResult("par", "abort", 11, 2)
+        return GenerationResult("a cat", "stop", 11, 3)
+
+    def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+        self._abort.set()
+
+    def close(self) -> None:
+        pass
+
+
+class FakeEngines:
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine = engine
+
+    def get(self, spec: ModelSpec) -> FakeEngine:
+        return self.engine
+
+    def close(self) -> None:
+        pass
+
+
+class DictBlobs:
+    def __init__(self, *, fail_reads: bool = False) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.fail_reads = fail_reads
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.objects[key] = data
+
+    def get(self, key: str) -> bytes:
+        if self.fail_reads:
+            raise Unavailable("object store down")
+        return self.objects[key]
+
+    def exists(self, key: str) -> bool:
+        return key in self.objects
+
+
+@pytest.fixture
+def store(sqlite_url):
+    engine = make_engine(sqlite_url)
+    yield SqlJobStore(engine)
+    engine.dispose()
+
+
+def _ctx(store, engine: FakeEngine, blobs: Any = None) -> WorkerContext:
+    settings = Settings()
+    return WorkerContext(
+        settings=settings,
+        store=store,
+        blobs=blobs or DictBlobs(),
+        registry=build_registry(settings),
+        engines=FakeEngines(engine),
+        clock=lambda: NOW,
+    )
+
+
+def _queue_job(store, ctx: WorkerContext, timeout: int = 30) -> str:
+    owner = SqlKeyStore(store._engine).create("o", Role.USER, NOW)[0].id
+    data = make_image()
+    ref = ImageRef("cd" * 32, "image/png", len(data), 64, 48)
+    ctx.blobs.put(ref.key, data, ref.content_type)
+    store.insert(
+        NewJob(
+            id="job_p",
+            owner_id=owner,
+            model="loupe-tiny-mllama",
+            messages=(
+                Message("user", (ContentPart("image", image_index=0), ContentPart("text", "hi"))),
+            ),
+            images=(ref,),
+            params=SamplingParams(max_tokens=4),
+            price=PriceCard(),
+            timeout_seconds=timeout,
+        ),
+        NOW,
+    )
+    return "job_p"
+
+
+def test_pipeline_runs_job_and_records_usage(store):
+    engine = FakeEngine()
+    ctx = _ctx(store, engine)
+    job_id = _queue_job(store, ctx)
+    assert process_job(job_id, ctx) is Outcome.SUCCEEDED
+    job = store.get(job_id)
+    assert job.status is JobStatus.SUCCEEDED
+    assert (job.output_text, job.finish_reason) == ("a cat", "stop")
+    assert (job.prompt_tokens, job.completion_tokens) == (11, 3)
+    request = engine.calls[0]
+    assert request.request_id == job_id
+    assert request.images[0].size == (64, 48)
+    assert request.images[0].mode == "RGB"
+
+
+def test_pipeline_duplicate_delivery_runs_model_once(store):
+    engine = FakeEngine()
+    ctx = _ctx(store, engine)
+    job_id = _queue_job(store, ctx)
+    assert process_job(job_id, ctx) is Outcome.SUCCEEDED
+    assert process_job(job_id, ctx) is Outcome.SKIPPED
+    assert len(engine.calls) == 1
+    assert store.get(job_id).attempts == 1
+
+
+def test_pipeline_concurrent_duplicates_run_model_once(store):
+    engine = FakeEngine()
+    ctx = _ctx(store, engine)
+    job_id = _queue_job(store, ctx)
+    outcomes: list[Outcome] = []
+    threads = [
+        threading.Thread(target=lambda: outcomes.append(process_job(job_id, ctx))) for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == sorted([Outcome.SUCCEEDED] + [Outcome.SKIPPED] * 3)
+    assert len(engine.calls) == 1
+
+
+def test_pipeline_model_error_fails_job_clearly(store):
+    engine = FakeEngine(error=EngineError("prompt too long", code="context_length_exceeded"))
+    ctx = _ctx(store, engine)
+    job_id = _queue_job(store, ctx)
+    assert process_job(job_id, ctx) is Outcome.FAILED
+    job = store.get(job_id)
+    assert job.status is JobStatus.FAILED
+    assert (job.error_code, job.error_message) == ("context_length_exceeded", "prompt too long")
+
+
+def test_pipeline_unexpected_error_fails_job_not_stuck(store):
+    ctx = _ctx(store, FakeEngine(error=RuntimeError("bug")))
+    job_id = _queue_job(store, ctx)
+    assert process_job(job_id, ctx) is Outcome.FAILED
+    assert store.get(job_id).error_code == "internal_error"
+
+
+def test_pipeline_transient_error_releases_job_for_retry(store):
+    engine = FakeEngine()
+    blobs = DictBlobs()
+    ctx = _ctx(store, engine, blobs)
+    job_id = _queue_job(store, ctx)
+    blobs.fail_reads = True
+    with pytest.raises(RetryLater):
+        process_job(job_id, ctx)
+    assert store.get(job_id).status is JobStatus.QUEUED
+    blobs.fail_reads = False
+    assert process_job(job_id, ctx) is Outcome.SUCCEEDED
+    assert store.get(job_id).attempts == 2
+
+
+def test_pipeline_give_up_fails_job_after_retries(store):
+    ctx = _ctx(store, FakeEngine())
+    job_id = _queue_job(store, ctx)
+    assert give_up(job_id, ctx, "object store down for good") is Outcome.FAILED
+    assert store.get(job_id).error_code == "unavailable"
+
+
+def test_pipeline_timeout_aborts_engine_request(store):
+    engine = FakeEngine(block=threading.Event())
+    ctx = _ctx(store, engine)
+    job_id = _queue_job(store, ctx, timeout=1)
+    assert process_job(job_id, ctx) is Outcome.FAILED
+    assert engine.aborted == [job_id]
+    job = store.get(job_id)
+    assert job.error_code == "job_timeout"
+    assert (job.prompt_tokens, job.completion_tokens) == (11, 2)
+
+
+def test_pipeline_running_job_is_taken_over_only_after_lease(store):
+    engine = FakeEngine()
+    ctx = _ctx(store, engine)
+    job_id = _queue_job(store, ctx)
+    store.claim(job_id, NOW, timedelta(seconds=90))  # a worker that died mid-job
+    assert process_job(job_id, ctx) is Outcome.SKIPPED
+    later = _ctx(store, engine, ctx.blobs)
+    later.clock = lambda: NOW + timedelta(seconds=91)
+    assert process_job(job_id, later) is Outcome.SUCCEEDED

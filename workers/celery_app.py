@@ -1,0 +1,68 @@
+"""Celery application factory, tuned for long GPU jobs.
+
+``celery -A workers.celery_app worker -Q inference --pool threads`` uses the module-level ``app``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_init, worker_shutdown
+
+from services.jobs.queue import INFERENCE_TASK
+from services.settings import Settings, load_settings
+
+log = logging.getLogger("loupe.worker")
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("loupe", broker=settings.broker_url, include=["workers.tasks.inference"])
+    app.conf.update(
+        task_acks_late=True,  # a job's message is acked only once the job is finished
+        task_reject_on_worker_lost=True,  # a killed worker's job goes back on the queue
+        worker_prefetch_multiplier=1,  # never hoard jobs another worker could run
+        task_ignore_result=True,  # results live in the job store, not in a result backend
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=settings.inference_queue,
+        task_routes={INFERENCE_TASK: {"queue": settings.inference_queue}},
+        broker_transport_options={
+            # Must exceed the longest job or Redis redelivers a job still running.
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            "unacked_restore_throttle": 1,
+        },
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    app.conf.loupe_settings = settings
+    return app
+
+
+def _settings_of(app: Any) -> Settings:
+    settings: Settings = app.conf.loupe_settings
+    return settings
+
+
+@worker_init.connect
+def _warm_up(sender: Any = None, **_: Any) -> None:
+    """Build the context and load the default model before the first job arrives."""
+    from workers.context import get_worker_context
+
+    settings = _settings_of(sender.app)
+    ctx = get_worker_context(settings)
+    if settings.default_model in ctx.registry:
+        spec = ctx.registry.get(settings.default_model)
+        log.info("loading model %s (%s engine)", spec.name, spec.engine)
+        ctx.engines.get(spec)
+
+
+@worker_shutdown.connect
+def _shut_down(**_: Any) -> None:
+    from workers.context import close_worker_context
+
+    close_worker_context()
+
+
+app = make_celery(load_settings())

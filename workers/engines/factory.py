@@ -1,0 +1,55 @@
+"""Engines per model, loaded once per worker process and shared by its task threads."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from services.errors import ConfigurationError
+from services.models_registry import TINY_MODEL, ModelSpec
+from services.settings import Settings
+from workers.engines.base import Engine
+
+
+def load_engine(spec: ModelSpec, settings: Settings) -> Engine:
+    """Build the engine a model's registry entry names."""
+    if spec.engine == "transformers":
+        from workers.engines.transformers_engine import TransformersEngine  # heavy: torch
+
+        if spec.name == TINY_MODEL:
+            from workers.engines.tiny_mllama import build_tiny_mllama
+
+            build_tiny_mllama(Path(spec.weights_path))
+        return TransformersEngine(
+            spec.weights_path,
+            device=settings.engine_device,
+            max_context=spec.context_length,
+            max_batch_size=max(1, settings.worker_concurrency),
+        )
+    raise ConfigurationError(
+        f"model {spec.name} needs the {spec.engine!r} engine, which this worker does not have"
+    )
+
+
+class EnginePool:
+    """Lazily loads one engine per model; thread-safe."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+
+    def get(self, spec: ModelSpec) -> Engine:
+        engine = self._engines.get(spec.name)
+        if engine is not None:
+            return engine
+        with self._lock:
+            if spec.name not in self._engines:
+                self._engines[spec.name] = load_engine(spec, self._settings)
+            return self._engines[spec.name]
+
+    def close(self) -> None:
+        with self._lock:
+            for engine in self._engines.values():
+                engine.close()
+            self._engines.clear()

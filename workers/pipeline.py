@@ -1,0 +1,123 @@
+"""The whole job lifecycle in plain Python: claim, fetch, preprocess, generate, finish.
+
+No Celery in here. Only this module writes a terminal status, always through a compare-and-set
+fenced by the claim's attempt number, so redelivered messages and duplicate workers are harmless.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from datetime import timedelta
+
+from services.errors import EngineError, InvalidInput, LoupeError, NotFound, Unavailable
+from services.jobs.models import Job
+from workers.context import WorkerContext
+from workers.engines.base import GenerationRequest, GenerationResult
+from workers.images import decode_image
+
+log = logging.getLogger("loupe.pipeline")
+
+# Time past the job's own timeout before another worker may take over a running job.
+LEASE_GRACE = timedelta(seconds=60)
+
+
+class Outcome(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # not ours: already running elsewhere, finished, or gone
+
+
+class RetryLater(Exception):
+    """A transient infrastructure error; the job was released and the message should retry."""
+
+
+def process_job(job_id: str, ctx: WorkerContext) -> Outcome:
+    """Run one job to a terminal state. Safe to call twice for the same job."""
+    try:
+        current = ctx.store.get(job_id)
+    except NotFound:
+        log.warning("job %s does not exist; dropping the message", job_id)
+        return Outcome.SKIPPED
+    if current.status.terminal:
+        log.info("job %s: duplicate message ignored (already %s)", job_id, current.status.value)
+        return Outcome.SKIPPED
+    job = ctx.store.claim(
+        job_id, ctx.clock(), timedelta(seconds=current.timeout_seconds) + LEASE_GRACE
+    )
+    if job is None:
+        log.info("job %s: duplicate message ignored (running elsewhere)", job_id)
+        return Outcome.SKIPPED
+    try:
+        result = _run(job, ctx)
+    except Unavailable as exc:
+        ctx.store.release(job.id, job.attempts)
+        raise RetryLater(str(exc)) from exc
+    except (InvalidInput, EngineError, NotFound) as exc:
+        return _fail(job, ctx, exc.code, exc.message)
+    except LoupeError as exc:
+        return _fail(job, ctx, exc.code, exc.message)
+    except Exception:
+        # A bug, not the job's fault: fail it visibly rather than leave it running forever.
+        log.exception("job %s crashed the pipeline", job.id)
+        return _fail(job, ctx, "internal_error", "The worker hit an internal error.")
+    return _finish(job, ctx, result)
+
+
+def give_up(job_id: str, ctx: WorkerContext, message: str) -> Outcome:
+    """Fail a job whose transient errors outlasted every retry."""
+    job = ctx.store.claim(job_id, ctx.clock(), LEASE_GRACE)
+    if job is None:
+        return Outcome.SKIPPED
+    return _fail(job, ctx, "unavailable", message)
+
+
+def _run(job: Job, ctx: WorkerContext) -> GenerationResult:
+    spec = ctx.registry.get(job.model)
+    images = [decode_image(ctx.blobs.get(ref.key)) for ref in job.images]
+    engine = ctx.engines.get(spec)
+    request = GenerationRequest(
+        request_id=job.id, messages=job.messages, images=images, params=job.params
+    )
+    timer = threading.Timer(job.timeout_seconds, engine.abort, args=(job.id,))
+    timer.daemon = True
+    timer.start()
+    try:
+        result = engine.generate(request)
+    finally:
+        timer.cancel()
+    return result
+
+
+def _finish(job: Job, ctx: WorkerContext, result: GenerationResult) -> Outcome:
+    if result.finish_reason == "abort":
+        ok = ctx.store.fail(
+            job.id,
+            job.attempts,
+            ctx.clock(),
+            code="job_timeout",
+            message=f"The job ran past its timeout of {job.timeout_seconds} s and was stopped.",
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+        )
+        return Outcome.FAILED if ok else Outcome.SKIPPED
+    ok = ctx.store.succeed(
+        job.id,
+        job.attempts,
+        ctx.clock(),
+        text=result.text,
+        finish_reason=result.finish_reason,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+    )
+    if not ok:
+        log.warning("job %s was taken over before it finished; result dropped", job.id)
+        return Outcome.SKIPPED
+    return Outcome.SUCCEEDED
+
+
+def _fail(job: Job, ctx: WorkerContext, code: str, message: str) -> Outcome:
+    log.info("job %s failed: %s: %s", job.id, code, message)
+    ok = ctx.store.fail(job.id, job.attempts, ctx.clock(), code=code, message=message)
+    return Outcome.FAILED if ok else Outcome.SKIPPED
