@@ -1,0 +1,225 @@
+"""The dev stack CLI: up/status/down with real Redis and SeaweedFS and stand-in app processes.
+
+The API and worker are replaced by tiny stand-ins (``http.server`` with a ``healthz`` file, a
+script that logs ``ready.``) so these tests check the orchestration, not the app. The e2e test at
+the end runs the real app through ``up``, the demo and ``down``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.localstack import demo
+from infra.localstack.servers import ServerProcess, make_s3_client, redis_ping
+from infra.localstack.stack import (
+    PARTS,
+    StackCommands,
+    StackPaths,
+    down,
+    main,
+    part_states,
+    read_env_file,
+    status,
+    up,
+    write_env_file,
+)
+
+_CHECK_ENV = (
+    "import os, sys; "
+    "assert os.environ['LOUPE_S3_BUCKET'] == 'loupe-images', os.environ; "
+    "assert os.environ['LOUPE_DATABASE_URL'].startswith('sqlite:////'); "
+    "assert os.environ['LOUPE_BROKER_URL'].startswith('redis://127.0.0.1:'); "
+)
+
+
+def _fake_commands(tmp_path: Path, *, worker_script: str | None = None) -> StackCommands:
+    www = tmp_path / "www"
+    www.mkdir(exist_ok=True)
+    (www / "healthz").write_text("ok")
+    worker = (
+        worker_script
+        or "import time; print('loupe-local@test ready.', flush=True); time.sleep(600)"
+    )
+    return StackCommands(
+        migrate=("{python}", "-c", _CHECK_ENV + "print('migrated')"),
+        create_key=("{python}", "-c", "import sys; print('noise'); print('key-' + sys.argv[1] + '-' + sys.argv[2])", "{name}", "{role}"),
+        api=("{python}", "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(www), "{port}"),
+        worker=("{python}", "-c", _CHECK_ENV + worker),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> StackPaths:
+    return StackPaths.at(tmp_path / "dev", root=Path(__file__).resolve().parents[2])
+
+
+def _recorded_processes(paths: StackPaths) -> list[ServerProcess]:
+    return [
+        ServerProcess.from_record(json.loads(paths.pid_file(part).read_text()))
+        for part in PARTS
+        if paths.pid_file(part).exists()
+    ]
+
+
+def test_env_file_round_trips_awkward_values(tmp_path: Path) -> None:
+    values = {"A": "plain", "B": "with space", "C": "quote'and\"dq", "D": "", "E": "$HOME;x"}
+    write_env_file(tmp_path / "x.env", values)
+    assert read_env_file(tmp_path / "x.env") == values
+    assert (tmp_path / "x.env").stat().st_mode & 0o777 == 0o600
+
+
+def test_up_status_down_with_stand_in_app(paths: StackPaths, tmp_path: Path, capsys) -> None:
+    commands = _fake_commands(tmp_path)
+    try:
+        assert up(paths, commands, timeout=60) == 0
+        env = read_env_file(paths.env_file)
+        assert env["LOUPE_API_KEY"] == "key-demo-user-user"
+        assert env["LOUPE_ADMIN_KEY"] == "key-demo-admin-admin"
+        assert env["LOUPE_API_URL"].startswith("http://127.0.0.1:")
+        assert env["LOUPE_DATABASE_URL"] == f"sqlite:///{paths.dev / 'loupe.db'}"
+        assert env["LOUPE_MODELS_DIR"] == str(paths.dev / "models")
+        assert redis_ping(int(env["LOUPE_BROKER_URL"].rsplit(":", 1)[1].split("/")[0]))
+        client = make_s3_client(
+            env["LOUPE_S3_ENDPOINT_URL"],
+            env["LOUPE_S3_ACCESS_KEY_ID"],
+            env["LOUPE_S3_SECRET_ACCESS_KEY"],
+            env["LOUPE_S3_REGION"],
+        )
+        try:
+            client.head_bucket(Bucket=env["LOUPE_S3_BUCKET"])
+        finally:
+            client.close()
+        assert part_states(paths) == dict.fromkeys(PARTS, "running")
+        assert status(paths) == 0
+        capsys.readouterr()
+        assert up(paths, commands, timeout=60) == 0
+        assert "already up" in capsys.readouterr().out
+        processes = _recorded_processes(paths)
+        assert len(processes) == len(PARTS)
+    finally:
+        assert down(paths) == 0
+    assert not any(process.alive() for process in processes)
+    assert not paths.env_file.exists()
+    assert not list((paths.dev / "run").iterdir())
+    assert status(paths) == 1
+    assert down(paths) == 0  # nothing running is fine
+
+
+def test_up_reports_a_dying_worker_and_stops_everything(
+    paths: StackPaths, tmp_path: Path, capsys
+) -> None:
+    commands = _fake_commands(
+        tmp_path, worker_script="print('ImportError: no module named vllm'); raise SystemExit(3)"
+    )
+    assert up(paths, commands, timeout=60) == 1
+    err = capsys.readouterr().err
+    assert "worker exited during startup" in err
+    assert "no module named vllm" in err
+    assert part_states(paths) == dict.fromkeys(PARTS, "stopped")
+    assert not paths.env_file.exists()
+
+
+def test_up_reports_a_failing_migration(paths: StackPaths, tmp_path: Path, capsys) -> None:
+    commands = _fake_commands(tmp_path)
+    broken = StackCommands(
+        migrate=("{python}", "-c", "import sys; sys.exit('alembic: cannot reach database')"),
+        create_key=commands.create_key,
+        api=commands.api,
+        worker=commands.worker,
+    )
+    assert up(paths, broken, timeout=60) == 1
+    assert "cannot reach database" in capsys.readouterr().err
+    assert part_states(paths) == dict.fromkeys(PARTS, "stopped")
+
+
+def test_up_replaces_a_partial_stack(paths: StackPaths, tmp_path: Path, capsys) -> None:
+    commands = _fake_commands(tmp_path)
+    try:
+        assert up(paths, commands, timeout=60) == 0
+        worker = next(p for p in _recorded_processes(paths) if p.log_path.name == "worker.log")
+        worker.stop()
+        assert part_states(paths)["worker"] == "dead"
+        assert up(paths, commands, timeout=60) == 0
+        assert "partial stack" in capsys.readouterr().out
+        assert part_states(paths) == dict.fromkeys(PARTS, "running")
+    finally:
+        down(paths)
+
+
+def test_main_status_without_a_stack_exits_1(tmp_path: Path) -> None:
+    assert main(["status", "--dev-dir", str(tmp_path / "none")]) == 1
+    assert main(["down", "--dev-dir", str(tmp_path / "none")]) == 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def test_demo_sample_png_is_a_320x240_png() -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    with Image.open(BytesIO(demo.sample_png())) as image:
+        assert image.format == "PNG"
+        assert image.size == (320, 240)
+
+
+def test_demo_job_problems_accepts_only_a_real_answer() -> None:
+    good: dict[str, Any] = {
+        "status": "succeeded",
+        "output": {"text": "a house", "finish_reason": "length"},
+        "usage": {"prompt_tokens": 20, "completion_tokens": 24, "images": 1},
+    }
+    assert demo.job_problems(good) == []
+    assert demo.job_problems({**good, "status": "failed"})
+    assert demo.job_problems({**good, "output": {"text": "  "}})
+    assert demo.job_problems({**good, "usage": {**good["usage"], "completion_tokens": 0}})
+    assert demo.job_problems({**good, "usage": {**good["usage"], "images": 0}})
+    assert demo.job_problems({"status": "succeeded", "output": None, "usage": None})
+
+
+def test_demo_without_env_file_exits_2(tmp_path: Path) -> None:
+    assert demo.main(["--env-file", str(tmp_path / "missing.env")]) == 2
+
+
+@pytest.mark.e2e
+def test_up_demo_down_runs_a_real_job(tmp_path: Path) -> None:
+    """The real app: migrate, keys, gunicorn, a Celery worker with the tiny model, one job."""
+    dev = tmp_path / "dev"
+    python = sys.executable
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOUPE_")}
+    stack = [python, "-m", "infra.localstack.stack"]
+    try:
+        up_run = subprocess.run(
+            [*stack, "up", "--dev-dir", str(dev)],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        assert up_run.returncode == 0, up_run.stdout + up_run.stderr
+        demo_run = subprocess.run(
+            [python, "-m", "infra.localstack.demo", "--env-file", str(dev / "stack.env")],
+            cwd=repo, env=env, capture_output=True, text=True, timeout=400,
+        )  # fmt: skip
+        assert demo_run.returncode == 0, demo_run.stdout + demo_run.stderr
+        assert '"status": "succeeded"' in demo_run.stdout
+    finally:
+        down_run = subprocess.run(
+            [*stack, "down", "--dev-dir", str(dev)],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert down_run.returncode == 0, down_run.stdout + down_run.stderr
