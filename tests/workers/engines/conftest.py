@@ -1,0 +1,40 @@
+"""Fixtures for the engine tests: the tiny random Llama 3.2 Vision and a transformers engine on it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from workers.engines.tiny_mllama import build_tiny_mllama
+from workers.engines.transformers_engine import TransformersEngine
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Run torch single-threaded while these tests run.
+
+    The tiny model's matmuls gain nothing from intra-op threads, and on a 2-core machine shared
+    with other test processes the spinning OpenMP workers thrash: the contract tests took 3x to
+    20x longer with torch's default of one thread per core.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_mllama_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model, built once per test session (a few seconds)."""
+    return build_tiny_mllama(tmp_path_factory.mktemp("models") / "tiny-mllama")
+
+
+@pytest.fixture(scope="session")
+def transformers_engine(tiny_mllama_path: Path) -> Iterator[TransformersEngine]:
+    """One engine shared by the session, as a worker process shares one; closed at teardown."""
+    engine = TransformersEngine(str(tiny_mllama_path), max_batch_size=16, batch_window_ms=20)
+    yield engine
+    engine.close()
