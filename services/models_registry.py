@@ -32,6 +32,8 @@ class ModelSpec:
     context_length: int
     price: PriceCard
     owned_by: str = "meta"
+    # Llama 3.2 Vision's chat template refuses a system message in a prompt with an image.
+    system_prompt_with_images: bool = False
     engine_args: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def to_public(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from celery import Celery
@@ -52,10 +53,17 @@ def _warm_up(sender: Any = None, **_: Any) -> None:
 
     settings = _settings_of(sender.app)
     ctx = get_worker_context(settings)
-    if settings.default_model in ctx.registry:
-        spec = ctx.registry.get(settings.default_model)
-        log.info("loading model %s (%s engine)", spec.name, spec.engine)
+    if settings.default_model not in ctx.registry:
+        return
+    spec = ctx.registry.get(settings.default_model)
+    log.info("loading model %s (%s engine)", spec.name, spec.engine)
+    try:
         ctx.engines.get(spec)
+    except Exception as exc:
+        # Celery swallows errors raised by signal handlers: a worker that cannot load its model
+        # would otherwise take jobs and fail every one of them. Refuse to start instead.
+        sys.stderr.write(f"loupe worker: cannot load model {spec.name}: {exc}\n")
+        raise SystemExit(1) from exc
 
 
 @worker_shutdown.connect

@@ -69,6 +69,16 @@ class JobService:
                 f"got {len(command.images)}.",
                 code="too_many_images",
             )
+        if (
+            command.images
+            and not spec.system_prompt_with_images
+            and any(m.role == "system" for m in command.messages)
+        ):
+            raise InvalidInput(
+                f"Model {spec.name} does not accept a system message together with an image; "
+                "put the instructions in the user message.",
+                code="system_message_with_image",
+            )
         validated = [validate_image(data, self._limits) for data in command.images]
         self._store_images(validated)
         job = self._store.insert(

@@ -13,7 +13,7 @@ import requests
 from services.jobs.models import JobStatus
 from services.jobs.queue import CeleryTaskQueue
 from tests.conftest import auth
-from tests.e2e.conftest import start_api
+from tests.e2e.conftest import start_api, start_worker
 from tests.helpers import chat_body, make_image
 
 pytestmark = pytest.mark.e2e
@@ -109,3 +109,9 @@ def test_e2e_job_survives_api_restart(worker, e2e_env, e2e_key, tmp_path):
         assert_succeeded(body)
     finally:
         api.stop()
+
+
+def test_e2e_worker_refuses_to_start_without_its_model(e2e_env, tmp_path):
+    env = e2e_env | {"LOUPE_DEFAULT_MODEL": "llama-3.2-11b-vision-instruct"}
+    with pytest.raises(RuntimeError, match=r"cannot load model llama-3\.2-11b-vision-instruct"):
+        start_worker(env, tmp_path / "worker.log", "broken")

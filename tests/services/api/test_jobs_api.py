@@ -197,6 +197,18 @@ BAD_JSON_BODIES: list[tuple[str, Any, int, str]] = [
         422,
         "invalid_image_url",
     ),
+    (
+        "system message with image",
+        chat_body(make_image())
+        | {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                chat_body(make_image())["messages"][0],
+            ]
+        },
+        422,
+        "system_message_with_image",
+    ),
     ("timeout too long", chat_body(make_image(), timeout_seconds=10**6), 422, "invalid_parameter"),
 ]
 
