@@ -15,7 +15,17 @@ from services.settings import Settings
 TINY_MODEL = "loupe-tiny-mllama"
 LLAMA_11B = "llama-3.2-11b-vision-instruct"
 LLAMA_90B = "llama-3.2-90b-vision-instruct"
-ENGINES = frozenset({"transformers", "vllm"})
+_SAMPLING = frozenset(
+    {"temperature", "top_p", "top_k", "min_p", "stop", "seed", "presence_penalty",
+     "frequency_penalty", "repetition_penalty", "ignore_eos"}
+)  # fmt: skip
+# What each engine honours. A request that needs anything else is refused at submit (422),
+# never silently dropped by the worker.
+ENGINE_FEATURES: dict[str, frozenset[str]] = {
+    "transformers": _SAMPLING,
+    "vllm": _SAMPLING | {"response_format.json_object", "response_format.json_schema"},
+}
+ENGINES = frozenset(ENGINE_FEATURES)
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,10 @@ class ModelSpec:
     system_prompt_with_images: bool = False
     engine_args: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
+    @property
+    def features(self) -> frozenset[str]:
+        return ENGINE_FEATURES[self.engine]
+
     def to_public(self) -> dict[str, Any]:
         """The model in the OpenAI list shape, with Loupe's limits and price card."""
         return {
@@ -49,6 +63,7 @@ class ModelSpec:
                 "context_length": self.context_length,
             },
             "pricing": self.price.to_json(),
+            "supported_parameters": sorted(self.features),
         }
 
 

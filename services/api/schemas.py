@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -47,8 +48,28 @@ class ChatMessage(_Strict):
     name: str | None = None
 
 
+class JsonSchemaSpec(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    schema_: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
 class ResponseFormat(_Strict):
-    type: Literal["text"]
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+    def to_params(self) -> dict[str, Any] | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return {"type": "json_object"}
+        if self.json_schema is None:
+            raise InvalidInput(
+                "response_format of type json_schema needs a json_schema object.",
+                code="invalid_parameter",
+            )
+        return {"type": "json_schema", "schema": self.json_schema.schema_}
 
 
 class Sampling(_Strict):
@@ -65,6 +86,7 @@ class Sampling(_Strict):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    ignore_eos: bool = False
     timeout_seconds: int | None = Field(default=None, ge=1)
     metadata: dict[str, str] | None = None
 
@@ -102,6 +124,7 @@ class Sampling(_Strict):
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty,
+            ignore_eos=self.ignore_eos,
         )
 
 
@@ -191,7 +214,12 @@ def parse_json_job(body: Any, owner_id: str) -> SubmitCommand:
         model=request.model,
         messages=messages,
         images=images,
-        params=request.sampling_params(),
+        params=dataclasses.replace(
+            request.sampling_params(),
+            response_format=request.response_format.to_params()
+            if request.response_format
+            else None,
+        ),
         timeout_seconds=request.timeout_seconds,
         metadata=request.metadata or {},
     )
@@ -200,7 +228,7 @@ def parse_json_job(body: Any, owner_id: str) -> SubmitCommand:
 _FORM_SCALARS = {
     "model", "prompt", "system", "max_tokens", "max_completion_tokens", "temperature", "top_p",
     "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty", "repetition_penalty",
-    "timeout_seconds",
+    "timeout_seconds", "ignore_eos",
 }  # fmt: skip
 
 

@@ -42,6 +42,9 @@ class SamplingParams:
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
     ignore_eos: bool = False
+    # OpenAI ``response_format`` ({"type": "json_object"} or {"type": "json_schema", ...});
+    # None means free text.
+    response_format: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -49,6 +52,22 @@ class SamplingParams:
         }
         data["stop"] = list(self.stop)
         return data
+
+    def features(self) -> frozenset[str]:
+        """The engine features this request needs, as named in ``ENGINE_FEATURES``."""
+        used = {
+            name
+            for name in ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty",
+                         "frequency_penalty", "repetition_penalty")
+            if getattr(self, name) is not None
+        }  # fmt: skip
+        if self.stop:
+            used.add("stop")
+        if self.ignore_eos:
+            used.add("ignore_eos")
+        if self.response_format is not None:
+            used.add("response_format." + str(self.response_format.get("type")))
+        return frozenset(used)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SamplingParams:

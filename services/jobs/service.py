@@ -112,6 +112,13 @@ class JobService:
             self._blobs.put(image.ref.key, image.data, image.ref.content_type)
 
     def _resolve_params(self, spec: ModelSpec, params: SamplingParams) -> SamplingParams:
+        unsupported = params.features() - spec.features
+        if unsupported:
+            raise InvalidInput(
+                f"Model {spec.name} ({spec.engine} engine) does not support "
+                f"{', '.join(sorted(unsupported))}.",
+                code="unsupported_parameter",
+            )
         max_tokens = params.max_tokens if params.max_tokens is not None else spec.default_max_tokens
         if max_tokens > spec.max_output_tokens:
             raise InvalidInput(

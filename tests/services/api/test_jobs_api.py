@@ -50,6 +50,15 @@ def test_create_job_json_returns_202_and_stores_everything(
     assert len(job.images) == 1 and job.images[0].width == 64
 
 
+def test_create_job_accepts_ignore_eos_and_text_format(client, container, user_key):
+    body = chat_body(make_image(), ignore_eos=True, response_format={"type": "text"})
+    response = client.post("/v1/jobs", json=body, headers=auth(user_key))
+    assert response.status_code == 202, response.json
+    job = container.jobs.get(response.json["id"])
+    assert job.params.ignore_eos is True
+    assert job.params.response_format is None
+
+
 def test_create_job_multipart_returns_202(client, container, settings, user_key):
     response = client.post(
         "/v1/jobs",
@@ -208,6 +217,24 @@ BAD_JSON_BODIES: list[tuple[str, Any, int, str]] = [
         },
         422,
         "system_message_with_image",
+    ),
+    (
+        "json output on the transformers engine",
+        chat_body(make_image(), response_format={"type": "json_object"}),
+        422,
+        "unsupported_parameter",
+    ),
+    (
+        "json_schema without a schema",
+        chat_body(make_image(), response_format={"type": "json_schema"}),
+        422,
+        "invalid_parameter",
+    ),
+    (
+        "bad response_format",
+        chat_body(make_image(), response_format={"type": "yaml"}),
+        422,
+        "invalid_parameter",
     ),
     ("timeout too long", chat_body(make_image(), timeout_seconds=10**6), 422, "invalid_parameter"),
 ]
