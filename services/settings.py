@@ -40,6 +40,7 @@ class Settings:
     max_job_timeout_seconds: int = 3600
     visibility_timeout_seconds: int = 7200
     worker_concurrency: int = 1
+    cancel_poll_ms: int = 250
     inference_queue: str = "inference"
     engine_device: str = "cpu"
     log_level: str = "INFO"
@@ -107,6 +108,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             env, "VISIBILITY_TIMEOUT_SECONDS", defaults.visibility_timeout_seconds, 1
         ),
         worker_concurrency=_int(env, "WORKER_CONCURRENCY", defaults.worker_concurrency, 1),
+        cancel_poll_ms=_int(env, "CANCEL_POLL_MS", defaults.cancel_poll_ms, 10),
         inference_queue=_str(env, "INFERENCE_QUEUE", defaults.inference_queue),
         engine_device=_str(env, "ENGINE_DEVICE", defaults.engine_device),
         log_level=_str(env, "LOG_LEVEL", defaults.log_level).upper(),

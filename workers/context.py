@@ -15,6 +15,7 @@ from services.jobs.store import JobStore
 from services.models_registry import ModelRegistry, ModelSpec
 from services.settings import Settings
 from services.storage.blobs import BlobStore
+from workers.cancel_watcher import CancelWatcher
 from workers.engines.base import Engine
 from workers.engines.factory import EnginePool
 
@@ -31,11 +32,13 @@ class WorkerContext:
     blobs: BlobStore
     registry: ModelRegistry
     engines: EngineProvider
+    cancels: CancelWatcher
     clock: Callable[[], datetime] = utcnow
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     container: Container | None = None
 
     def close(self) -> None:
+        self.cancels.close()
         self.engines.close()
         if self.container is not None:
             self.container.close()
@@ -49,6 +52,7 @@ def build_worker_context(settings: Settings) -> WorkerContext:
         blobs=container.blobs,
         registry=container.registry,
         engines=EnginePool(settings),
+        cancels=CancelWatcher(container.jobs, settings.cancel_poll_ms / 1000),
         container=container,
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 from services.errors import EngineError, InvalidInput, LoupeError, NotFound, Unavailable
@@ -26,6 +27,7 @@ LEASE_GRACE = timedelta(seconds=60)
 class Outcome(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELED = "canceled"
     SKIPPED = "skipped"  # not ours: already running elsewhere, finished, or gone
 
 
@@ -50,7 +52,7 @@ def process_job(job_id: str, ctx: WorkerContext) -> Outcome:
         log.info("job %s: duplicate message ignored (running elsewhere)", job_id)
         return Outcome.SKIPPED
     try:
-        result = _run(job, ctx)
+        result, stop = _run(job, ctx)
     except Unavailable as exc:
         ctx.store.release(job.id, job.attempts)
         raise RetryLater(str(exc)) from exc
@@ -62,7 +64,7 @@ def process_job(job_id: str, ctx: WorkerContext) -> Outcome:
         # A bug, not the job's fault: fail it visibly rather than leave it running forever.
         log.exception("job %s crashed the pipeline", job.id)
         return _fail(job, ctx, "internal_error", "The worker hit an internal error.")
-    return _finish(job, ctx, result)
+    return _finish(job, ctx, result, stop)
 
 
 def give_up(job_id: str, ctx: WorkerContext, message: str) -> Outcome:
@@ -73,24 +75,54 @@ def give_up(job_id: str, ctx: WorkerContext, message: str) -> Outcome:
     return _fail(job, ctx, "unavailable", message)
 
 
-def _run(job: Job, ctx: WorkerContext) -> GenerationResult:
+class _Stop:
+    """Why the pipeline aborted a running engine request, if it did (first reason wins)."""
+
+    def __init__(self, job_id: str, abort: Callable[[str], None]) -> None:
+        self._job_id = job_id
+        self._abort = abort
+        self._lock = threading.Lock()
+        self.reason: str | None = None
+
+    def __call__(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason = reason
+        self._abort(self._job_id)
+
+
+def _run(job: Job, ctx: WorkerContext) -> tuple[GenerationResult, str | None]:
     spec = ctx.registry.get(job.model)
     images = [decode_image(ctx.blobs.get(ref.key)) for ref in job.images]
     engine = ctx.engines.get(spec)
     request = GenerationRequest(
         request_id=job.id, messages=job.messages, images=images, params=job.params
     )
-    timer = threading.Timer(job.timeout_seconds, engine.abort, args=(job.id,))
+    stop = _Stop(job.id, engine.abort)
+    timer = threading.Timer(job.timeout_seconds, stop, args=("timeout",))
     timer.daemon = True
     timer.start()
     try:
-        result = engine.generate(request)
+        with ctx.cancels.watch(job.id, lambda: stop("canceled")):
+            if job.cancel_requested_at is not None:
+                stop("canceled")
+            result = engine.generate(request)
     finally:
         timer.cancel()
-    return result
+    return result, stop.reason
 
 
-def _finish(job: Job, ctx: WorkerContext, result: GenerationResult) -> Outcome:
+def _finish(job: Job, ctx: WorkerContext, result: GenerationResult, stop: str | None) -> Outcome:
+    if result.finish_reason == "abort" and stop == "canceled":
+        ok = ctx.store.cancel_running(
+            job.id,
+            job.attempts,
+            ctx.clock(),
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+        )
+        return Outcome.CANCELED if ok else Outcome.SKIPPED
     if result.finish_reason == "abort":
         ok = ctx.store.fail(
             job.id,

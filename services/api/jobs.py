@@ -43,3 +43,9 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
 def get_job(job_id: str) -> Response:
     job = container().job_service.get(job_id, current_key().id)
     return jsonify(job_to_public(job))
+
+
+@bp.post("/<job_id>/cancel")
+def cancel_job(job_id: str) -> Response:
+    job = container().job_service.cancel(job_id, current_key().id)
+    return jsonify(job_to_public(job))

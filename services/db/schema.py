@@ -72,6 +72,7 @@ jobs = Table(
     Column("started_at", UTCDateTime(), nullable=True),
     Column("completed_at", UTCDateTime(), nullable=True),
     Column("lease_expires_at", UTCDateTime(), nullable=True),
+    Column("cancel_requested_at", UTCDateTime(), nullable=True),
     Column("output_text", Text(), nullable=True),
     Column("finish_reason", String(32), nullable=True),
     Column("prompt_tokens", Integer(), nullable=True),

@@ -200,3 +200,4 @@ class Job:
     error_code: str | None = None
     error_message: str | None = None
     attempts: int = 0
+    cancel_requested_at: datetime | None = None

@@ -57,5 +57,6 @@ def job_to_public(job: Job) -> dict[str, Any]:
             "tokens_per_second": tokens_per_second,
         },
         "error": error,
+        "cancel_requested": job.cancel_requested_at is not None,
         "metadata": job.metadata,
     }

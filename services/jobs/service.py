@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from services.errors import InvalidInput, Unavailable
-from services.jobs.models import Job, Message, NewJob, SamplingParams
+from services.errors import Conflict, InvalidInput, Unavailable
+from services.jobs.models import Job, JobStatus, Message, NewJob, SamplingParams
 from services.jobs.queue import TaskQueue
 from services.jobs.store import JobStore
 from services.models_registry import ModelRegistry, ModelSpec
@@ -106,6 +106,29 @@ class JobService:
 
     def get(self, job_id: str, owner_id: str) -> Job:
         return self._store.get_for_owner(job_id, owner_id)
+
+    def cancel(self, job_id: str, owner_id: str) -> Job:
+        """Cancel a job: a queued job never runs; a running one has its engine request aborted.
+
+        Idempotent for jobs already canceled; a job that already finished is a 409.
+        """
+        job = self._store.get_for_owner(job_id, owner_id)
+        for _ in range(3):  # the job may move between our read and our compare-and-set
+            if job.status is JobStatus.QUEUED and self._store.cancel_queued(job_id, self._clock()):
+                return self._store.get(job_id)
+            if job.status is JobStatus.RUNNING:
+                self._store.request_cancel(job_id, self._clock())
+                return self._store.get(job_id)
+            if job.status is JobStatus.CANCELED:
+                return job
+            if job.status.terminal:
+                raise Conflict(
+                    f"Job {job_id} already {job.status.value}; only queued or running jobs can be "
+                    "canceled.",
+                    code="job_finished",
+                )
+            job = self._store.get(job_id)
+        raise Conflict(f"Job {job_id} changed state while canceling; retry.", code="job_busy")
 
     def _store_images(self, images: list[ValidatedImage]) -> None:
         for image in images:

@@ -6,6 +6,7 @@ redelivered message, a duplicate worker or a racing cancel can never double-run 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -54,6 +55,18 @@ class JobStore(Protocol):
         message: str,
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
+    ) -> bool: ...
+    def cancel_queued(self, job_id: str, now: datetime) -> bool: ...
+    def request_cancel(self, job_id: str, now: datetime) -> bool: ...
+    def cancel_requested(self, job_ids: Sequence[str]) -> set[str]: ...
+    def cancel_running(
+        self,
+        job_id: str,
+        attempt: int,
+        now: datetime,
+        *,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
     ) -> bool: ...
 
 
@@ -181,6 +194,68 @@ class SqlJobStore:
             completion_tokens=completion_tokens,
         )
 
+    def cancel_queued(self, job_id: str, now: datetime) -> bool:
+        """queued → canceled: the job will never run (its queue message is skipped)."""
+        with translate_db_errors(), self._engine.begin() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
+                .values(
+                    status=JobStatus.CANCELED.value,
+                    completed_at=now,
+                    cancel_requested_at=now,
+                    error_code="canceled",
+                    error_message="The job was canceled before it started.",
+                )
+            )
+        return result.rowcount == 1
+
+    def request_cancel(self, job_id: str, now: datetime) -> bool:
+        """Flag a running job; the worker holding it aborts its engine request."""
+        with translate_db_errors(), self._engine.begin() as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.status == JobStatus.RUNNING.value,
+                    jobs.c.cancel_requested_at.is_(None),
+                )
+                .values(cancel_requested_at=now)
+            )
+        return result.rowcount == 1
+
+    def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
+        if not job_ids:
+            return set()
+        with translate_db_errors(), self._engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs.c.id).where(
+                    jobs.c.id.in_(list(job_ids)), jobs.c.cancel_requested_at.is_not(None)
+                )
+            )
+            return {row[0] for row in rows}
+
+    def cancel_running(
+        self,
+        job_id: str,
+        attempt: int,
+        now: datetime,
+        *,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+    ) -> bool:
+        return self._transition(
+            job_id,
+            attempt,
+            status=JobStatus.CANCELED.value,
+            completed_at=now,
+            lease_expires_at=None,
+            error_code="canceled",
+            error_message="The job was canceled while it ran.",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+
     def _transition(self, job_id: str, attempt: int, **values: Any) -> bool:
         """Change a running job we hold (fenced by ``attempts``); False if someone else holds it."""
         with translate_db_errors(), self._engine.begin() as conn:
@@ -218,4 +293,5 @@ def _row_to_job(row: RowMapping) -> Job:
         error_code=row["error_code"],
         error_message=row["error_message"],
         attempts=row["attempts"],
+        cancel_requested_at=row["cancel_requested_at"],
     )

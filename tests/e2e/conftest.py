@@ -54,15 +54,14 @@ def spawn(argv: list[str], env: dict[str, str], log: Path) -> Proc:
     return Proc(process, log)
 
 
-@pytest.fixture(scope="session")
-def e2e_env(
-    redis_server: RedisServer, s3_server: S3Server, models_dir: Path, tmp_path_factory: Any
+def make_env(
+    redis_server: RedisServer, s3_server: S3Server, models_dir: Path, workdir: Path, redis_db: int
 ) -> dict[str, str]:
+    """Settings for one isolated stack: its own SQLite file, Redis database and bucket."""
     build_tiny_mllama(models_dir / "tiny-mllama")  # once, before any worker starts
-    db = tmp_path_factory.mktemp("e2e") / "loupe.db"
     env = {
-        "LOUPE_DATABASE_URL": f"sqlite:///{db}",
-        "LOUPE_BROKER_URL": f"redis://127.0.0.1:{redis_server.port}/1",
+        "LOUPE_DATABASE_URL": f"sqlite:///{workdir / 'loupe.db'}",
+        "LOUPE_BROKER_URL": f"redis://127.0.0.1:{redis_server.port}/{redis_db}",
         "LOUPE_S3_ENDPOINT_URL": s3_server.endpoint_url,
         "LOUPE_S3_BUCKET": make_bucket(s3_server),
         "LOUPE_S3_ACCESS_KEY_ID": s3_server.access_key_id,
@@ -72,6 +71,13 @@ def e2e_env(
     }
     upgrade_to_head(env["LOUPE_DATABASE_URL"])
     return env
+
+
+@pytest.fixture(scope="session")
+def e2e_env(
+    redis_server: RedisServer, s3_server: S3Server, models_dir: Path, tmp_path_factory: Any
+) -> dict[str, str]:
+    return make_env(redis_server, s3_server, models_dir, tmp_path_factory.mktemp("e2e"), 1)
 
 
 def process_env(env: dict[str, str]) -> dict[str, str]:
@@ -92,6 +98,7 @@ def start_worker(env: dict[str, str], log: Path, name: str) -> Proc:
         if " ready." in proc.log_text():
             return proc
         if proc.process.poll() is not None:
+            proc.stop()
             raise RuntimeError(f"worker exited early:\n{proc.log_text()[-4000:]}")
         time.sleep(0.2)
     proc.stop(signal.SIGKILL)
@@ -109,11 +116,12 @@ def start_api(env: dict[str, str], log: Path) -> tuple[Proc, str]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if requests.get(url + "/healthz", timeout=1).status_code == 200:
+            if requests.get(url + "/healthz", timeout=5).status_code == 200:
                 return proc, url
-        except requests.ConnectionError:
-            pass
+        except requests.RequestException:
+            pass  # not listening yet, or slow on a loaded machine
         if proc.process.poll() is not None:
+            proc.stop()
             raise RuntimeError(f"api exited early:\n{proc.log_text()[-4000:]}")
         time.sleep(0.2)
     proc.stop(signal.SIGKILL)

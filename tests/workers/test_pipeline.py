@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ from services.jobs.store import SqlJobStore
 from services.models_registry import ModelSpec, build_registry
 from services.settings import Settings
 from tests.helpers import make_image
+from workers.cancel_watcher import CancelWatcher
 from workers.context import WorkerContext
 from workers.engines.base import GenerationRequest, GenerationResult
 from workers.pipeline import Outcome, RetryLater, give_up, process_job
@@ -99,6 +101,7 @@ def _ctx(store, engine: FakeEngine, blobs: Any = None) -> WorkerContext:
         blobs=blobs or DictBlobs(),
         registry=build_registry(settings),
         engines=FakeEngines(engine),
+        cancels=CancelWatcher(store, 0.01),
         clock=lambda: NOW,
     )
 
@@ -225,3 +228,31 @@ def test_pipeline_running_job_is_taken_over_only_after_lease(store):
     later = _ctx(store, engine, ctx.blobs)
     later.clock = lambda: NOW + timedelta(seconds=91)
     assert process_job(job_id, later) is Outcome.SUCCEEDED
+
+
+def test_pipeline_cancel_aborts_running_request_and_keeps_usage(store):
+    engine = FakeEngine(block=threading.Event())
+    ctx = _ctx(store, engine)
+    job_id = _queue_job(store, ctx)
+    outcome: list[Outcome] = []
+    runner = threading.Thread(target=lambda: outcome.append(process_job(job_id, ctx)))
+    runner.start()
+    while not engine.calls:
+        time.sleep(0.01)
+    assert store.request_cancel(job_id, NOW)
+    runner.join(10)
+    ctx.cancels.close()
+    assert outcome == [Outcome.CANCELED]
+    assert engine.aborted == [job_id]
+    job = store.get(job_id)
+    assert job.status is JobStatus.CANCELED
+    assert (job.prompt_tokens, job.completion_tokens) == (11, 2)
+
+
+def test_pipeline_canceled_queued_job_never_runs(store):
+    engine = FakeEngine()
+    ctx = _ctx(store, engine)
+    job_id = _queue_job(store, ctx)
+    assert store.cancel_queued(job_id, NOW)
+    assert process_job(job_id, ctx) is Outcome.SKIPPED
+    assert engine.calls == []

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from services.container import Container
+from services.container import Container, utcnow
 from services.settings import Settings
 from tests.conftest import auth
 from tests.helpers import (
@@ -342,3 +343,44 @@ def test_unknown_route_is_json_404(client):
     response = client.get("/nope")
     assert response.status_code == 404
     assert response.json["error"]["code"] == "not_found"
+
+
+def test_cancel_queued_job_never_runs(client, container, user_key, other_key):
+    job_id = client.post("/v1/jobs", json=chat_body(make_image()), headers=auth(user_key)).json[
+        "id"
+    ]
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(other_key)).status_code == 404
+    response = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(user_key))
+    assert response.status_code == 200
+    assert response.json["status"] == "canceled"
+    assert response.json["error"]["code"] == "canceled"
+    again = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(user_key))
+    assert again.status_code == 200
+    assert again.json["status"] == "canceled"
+    assert container.jobs.claim(job_id, utcnow(), timedelta(seconds=60)) is None
+
+
+def test_cancel_running_job_flags_it_for_the_worker(client, container, user_key):
+    job_id = client.post("/v1/jobs", json=chat_body(make_image()), headers=auth(user_key)).json[
+        "id"
+    ]
+    container.jobs.claim(job_id, utcnow(), timedelta(seconds=60))
+    response = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(user_key))
+    assert response.status_code == 200
+    assert response.json["status"] == "running"
+    assert response.json["cancel_requested"] is True
+    assert container.jobs.cancel_requested([job_id]) == {job_id}
+
+
+def test_cancel_finished_job_is_409(client, container, user_key):
+    job_id = client.post("/v1/jobs", json=chat_body(make_image()), headers=auth(user_key)).json[
+        "id"
+    ]
+    job = container.jobs.claim(job_id, utcnow(), timedelta(seconds=60))
+    container.jobs.succeed(
+        job_id, job.attempts, utcnow(), text="x", finish_reason="stop",
+        prompt_tokens=1, completion_tokens=1,
+    )  # fmt: skip
+    response = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(user_key))
+    assert response.status_code == 409
+    assert response.json["error"]["code"] == "job_finished"
