@@ -29,6 +29,36 @@ ENGINES = frozenset(ENGINE_FEATURES)
 
 
 @dataclass(frozen=True)
+class EngineArgs:
+    """How a worker runs a model. ``max_num_seqs`` is both the engine's batch size and the
+    worker's Celery thread count: one thread per sequence the engine can hold in flight."""
+
+    max_num_seqs: int = 16
+    max_model_len: int | None = None
+    enforce_eager: bool = False
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.90
+    limit_mm_per_prompt: Mapping[str, int] = field(
+        default_factory=lambda: MappingProxyType({"image": 1})
+    )
+    dtype: str = "auto"
+
+    def to_vllm(self) -> dict[str, Any]:
+        """Keyword arguments for vLLM's ``AsyncEngineArgs``."""
+        args: dict[str, Any] = {
+            "max_num_seqs": self.max_num_seqs,
+            "enforce_eager": self.enforce_eager,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "limit_mm_per_prompt": dict(self.limit_mm_per_prompt),
+            "dtype": self.dtype,
+        }
+        if self.max_model_len is not None:
+            args["max_model_len"] = self.max_model_len
+        return args
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One served model. ``weights_path`` is a local directory (or hub id on a GPU box)."""
 
@@ -44,7 +74,7 @@ class ModelSpec:
     owned_by: str = "meta"
     # Llama 3.2 Vision's chat template refuses a system message in a prompt with an image.
     system_prompt_with_images: bool = False
-    engine_args: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    engine_args: EngineArgs = field(default_factory=EngineArgs)
 
     @property
     def features(self) -> frozenset[str]:
@@ -75,6 +105,14 @@ class ModelRegistry:
             if spec.engine not in ENGINES:
                 raise ConfigurationError(f"model {spec.name}: unknown engine {spec.engine!r}")
         self._specs = {spec.name: spec for spec in specs}
+
+    def worker_concurrency(self, settings: Settings) -> int:
+        """Celery threads for a worker: LOUPE_WORKER_CONCURRENCY, else its model's max_num_seqs."""
+        if settings.worker_concurrency is not None:
+            return settings.worker_concurrency
+        if settings.default_model in self._specs:
+            return self._specs[settings.default_model].engine_args.max_num_seqs
+        return 1
 
     def get(self, name: str) -> ModelSpec:
         try:
@@ -118,6 +156,7 @@ def build_registry(settings: Settings) -> ModelRegistry:
             context_length=4096,
             price=PriceCard(),
             owned_by="loupe",
+            engine_args=EngineArgs(max_num_seqs=16),
         ),
         ModelSpec(
             name=LLAMA_11B,
@@ -129,8 +168,9 @@ def build_registry(settings: Settings) -> ModelRegistry:
             default_max_tokens=512,
             context_length=8192,
             price=_LLAMA_11B_PRICE,
-            engine_args=MappingProxyType(
-                {"enforce_eager": True, "max_num_seqs": 16, "max_model_len": 8192}
+            # vLLM maintainers' settings for 11B: eager mode, 16 sequences, bounded context.
+            engine_args=EngineArgs(
+                max_num_seqs=16, max_model_len=8192, enforce_eager=True, dtype="bfloat16"
             ),
         ),
         ModelSpec(
@@ -143,8 +183,12 @@ def build_registry(settings: Settings) -> ModelRegistry:
             default_max_tokens=512,
             context_length=8192,
             price=_LLAMA_VISION_PRICE,
-            engine_args=MappingProxyType(
-                {"max_num_seqs": 32, "max_model_len": 8192, "tensor_parallel_size": 8}
+            # 90B: tensor parallel across the node's GPUs (8, or 4 on 80 GB cards), 32 sequences.
+            engine_args=EngineArgs(
+                max_num_seqs=32,
+                max_model_len=8192,
+                tensor_parallel_size=settings.tensor_parallel_size,
+                dtype="bfloat16",
             ),
         ),
     ]

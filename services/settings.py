@@ -39,7 +39,8 @@ class Settings:
     job_timeout_seconds: int = 600
     max_job_timeout_seconds: int = 3600
     visibility_timeout_seconds: int = 7200
-    worker_concurrency: int = 1
+    worker_concurrency: int | None = None
+    tensor_parallel_size: int = 8
     cancel_poll_ms: int = 250
     inference_queue: str = "inference"
     engine_device: str = "cpu"
@@ -58,6 +59,11 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     if value < minimum:
         raise ConfigurationError(f"{_PREFIX}{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _opt_int(env: Mapping[str, str], name: str, minimum: int) -> int | None:
+    raw = env.get(_PREFIX + name)
+    return None if raw is None or raw == "" else _int(env, name, minimum, minimum)
 
 
 def _str(env: Mapping[str, str], name: str, default: str) -> str:
@@ -107,7 +113,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         visibility_timeout_seconds=_int(
             env, "VISIBILITY_TIMEOUT_SECONDS", defaults.visibility_timeout_seconds, 1
         ),
-        worker_concurrency=_int(env, "WORKER_CONCURRENCY", defaults.worker_concurrency, 1),
+        worker_concurrency=_opt_int(env, "WORKER_CONCURRENCY", 1),
+        tensor_parallel_size=_int(env, "TENSOR_PARALLEL_SIZE", defaults.tensor_parallel_size, 1),
         cancel_poll_ms=_int(env, "CANCEL_POLL_MS", defaults.cancel_poll_ms, 10),
         inference_queue=_str(env, "INFERENCE_QUEUE", defaults.inference_queue),
         engine_device=_str(env, "ENGINE_DEVICE", defaults.engine_device),

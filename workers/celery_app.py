@@ -13,6 +13,7 @@ from celery import Celery
 from celery.signals import worker_init, worker_shutdown
 
 from services.jobs.queue import INFERENCE_TASK
+from services.models_registry import build_registry
 from services.settings import Settings, load_settings
 
 log = logging.getLogger("loupe.worker")
@@ -24,6 +25,10 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,  # a job's message is acked only once the job is finished
         task_reject_on_worker_lost=True,  # a killed worker's job goes back on the queue
         worker_prefetch_multiplier=1,  # never hoard jobs another worker could run
+        # One thread per sequence the engine can hold: the threads feed ONE shared engine,
+        # which batches them (continuous batching on vLLM).
+        worker_pool="threads",
+        worker_concurrency=build_registry(settings).worker_concurrency(settings),
         task_ignore_result=True,  # results live in the job store, not in a result backend
         task_serializer="json",
         accept_content=["json"],

@@ -28,3 +28,25 @@ def test_settings_reject_bad_values(env):
 
     with pytest.raises(ConfigurationError):
         build_registry(load_settings(env))
+
+
+def test_worker_concurrency_follows_the_models_max_num_seqs():
+    from services.models_registry import LLAMA_11B, LLAMA_90B, build_registry
+
+    for model, seqs in [(LLAMA_11B, 16), (LLAMA_90B, 32)]:
+        settings = load_settings({"LOUPE_DEFAULT_MODEL": model})
+        assert build_registry(settings).worker_concurrency(settings) == seqs
+    settings = load_settings({"LOUPE_DEFAULT_MODEL": LLAMA_90B, "LOUPE_WORKER_CONCURRENCY": "3"})
+    assert build_registry(settings).worker_concurrency(settings) == 3
+
+
+def test_registry_ships_the_vllm_settings_for_llama_vision():
+    from services.models_registry import LLAMA_11B, LLAMA_90B, build_registry
+
+    registry = build_registry(load_settings({"LOUPE_TENSOR_PARALLEL_SIZE": "4"}))
+    small = registry.get(LLAMA_11B).engine_args.to_vllm()
+    assert small["enforce_eager"] is True
+    assert small["max_num_seqs"] == 16
+    assert small["limit_mm_per_prompt"] == {"image": 1}
+    big = registry.get(LLAMA_90B).engine_args.to_vllm()
+    assert (big["max_num_seqs"], big["tensor_parallel_size"], big["max_model_len"]) == (32, 4, 8192)

@@ -24,7 +24,7 @@ def load_engine(spec: ModelSpec, settings: Settings) -> Engine:
             spec.weights_path,
             device=settings.engine_device,
             max_context=spec.context_length,
-            max_batch_size=max(1, settings.worker_concurrency),
+            max_batch_size=spec.engine_args.max_num_seqs,
         )
     raise ConfigurationError(
         f"model {spec.name} needs the {spec.engine!r} engine, which this worker does not have"
