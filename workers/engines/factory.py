@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 from services.errors import ConfigurationError
-from services.models_registry import TINY_MODEL, ModelSpec
+from services.models_registry import TINY_MODEL, TINY_VLLM_MODEL, ModelSpec
 from services.settings import Settings
 from workers.engines.base import Engine
 
@@ -26,9 +26,22 @@ def load_engine(spec: ModelSpec, settings: Settings) -> Engine:
             max_context=spec.context_length,
             max_batch_size=spec.engine_args.max_num_seqs,
         )
-    raise ConfigurationError(
-        f"model {spec.name} needs the {spec.engine!r} engine, which this worker does not have"
-    )
+    if spec.engine == "vllm":
+        from workers.engines.vllm_engine import VllmEngine, check_model_support, vllm_import_error
+
+        missing = vllm_import_error()
+        if missing is not None:
+            raise ConfigurationError(
+                f"model {spec.name} needs the vllm engine, but vllm cannot be imported here "
+                f"({missing}); run this model on a vLLM worker image (infra/docker/)"
+            )
+        check_model_support(spec.architecture)
+        if spec.name == TINY_VLLM_MODEL:
+            from workers.engines.tiny_vlm import build_tiny_vlm
+
+            build_tiny_vlm(Path(spec.weights_path))
+        return VllmEngine(spec.weights_path, engine_args=spec.engine_args.to_vllm())
+    raise ConfigurationError(f"model {spec.name}: unknown engine {spec.engine!r}")
 
 
 class EnginePool:

@@ -1,0 +1,363 @@
+"""Build a tiny, randomly initialised Idefics3 (``Idefics3ForConditionalGeneration``).
+
+The vLLM CPU test tier needs a vision-language model that current vLLM serves on CPU without
+torchvision (PyPI's torchvision is a CUDA build that cannot be imported beside CPU torch). Of the
+candidates, vLLM 0.32's Qwen2-VL / Qwen2.5-VL, Gemma 3 and LLaVA model files import
+transformers' torchvision image processors (or ``pixtral``) at module level; Idefics3 (the
+architecture of SmolVLM and Idefics3-8B-Llama3: a SigLIP-style vision encoder, a pixel-shuffle
+connector and a Llama text model) only needs the PIL image processor. So this is the tiny model
+of that architecture, built offline:
+
+- vision: hidden 64, 2 layers, 2 heads, image_size 32, patch 8 (16 patches per tile; with
+  ``scale_factor`` 2 the connector gives 4 ``<image>`` tokens per tile);
+- text: Llama, hidden 128, 2 layers, 4 heads / 2 KV heads (head_dim 32, as CPU PagedAttention
+  requires), 4096 positions;
+- a byte-level BPE tokenizer trained here on a built-in corpus, with Llama 3's BOS/EOS, the
+  Idefics3 image tokens (``<fake_token_around_image>``, ``<image>``, ``<global-img>``,
+  ``<row_i_col_j>``) and ``<end_of_utterance>``; like Llama 3 it adds BOS itself;
+- the Idefics3 chat template (``User:<image>text<end_of_utterance>\\nAssistant:``), an
+  ``Idefics3ImageProcessorPil`` that splits an image into up to 2x2 tiles of 32 pixels plus a
+  global view, and an ``Idefics3Processor``.
+
+The directory loads offline with ``AutoProcessor.from_pretrained(path)`` and
+``Idefics3ForConditionalGeneration.from_pretrained(path)`` (transformers 5.x) and in vLLM with
+``enforce_eager=True``. ~0.5M parameters; builds in about a second. The text it produces is noise;
+token counts, batching and timing are real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ARCHITECTURE = "Idefics3ForConditionalGeneration"
+
+#: Written last into a finished build; its content is :data:`BUILD_VERSION`.
+COMPLETION_MARKER = ".tiny-vlm-complete"
+#: Bumped whenever the built files change, so stale builds are rebuilt rather than reused.
+BUILD_VERSION = "1"
+SEED = 0
+
+BOS = "<|begin_of_text|>"
+END_OF_TEXT = "<|end_of_text|>"
+PAD = "<|finetune_right_pad_id|>"
+END_OF_UTTERANCE = "<end_of_utterance>"
+FAKE_IMAGE = "<fake_token_around_image>"
+IMAGE = "<image>"
+GLOBAL_IMAGE = "<global-img>"
+#: Idefics3's processor looks up tile tokens for grids of up to 6x6.
+TILE_TOKENS: tuple[str, ...] = tuple(
+    f"<row_{row}_col_{col}>" for row in range(1, 7) for col in range(1, 7)
+)
+SPECIAL_TOKENS: tuple[str, ...] = (
+    BOS,
+    END_OF_TEXT,
+    PAD,
+    END_OF_UTTERANCE,
+    FAKE_IMAGE,
+    IMAGE,
+    GLOBAL_IMAGE,
+    *TILE_TOKENS,
+)
+
+#: Llama 3's pre-tokenizer split pattern.
+LLAMA3_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+BPE_VOCAB_TARGET = 512
+
+CORPUS: tuple[str, ...] = (
+    "User: Describe the image in one sentence.",
+    "Assistant: A photo of a cat sitting on a red sofa next to a window.",
+    "What is in this picture? Answer briefly.",
+    "There is a dog, a tree, and a blue car parked on the street.",
+    "The image shows a mountain lake at sunset with orange clouds.",
+    "Two people are walking along the beach while waves break on the sand.",
+    "A bowl of fresh fruit: apples, bananas, oranges and grapes on a wooden table.",
+    "The chart compares monthly revenue for 2023 and 2024; sales grew by 12 percent.",
+    "A handwritten note reads: meet me at the station at 9:30 tomorrow morning.",
+    "The screenshot contains a login form with an email field and a password field.",
+    "The receipt lists coffee $3.50, a bagel $2.25 and a total of $5.75 including tax.",
+    "Is there any text in the image? If so, transcribe it exactly.",
+    "Count the objects on the table and list their colours.",
+    "You are a helpful assistant. Look carefully and answer the user's question.",
+)
+
+#: Idefics3's chat template (Idefics3-8B-Llama3), also accepting plain-string contents.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ message['role'] | capitalize }}"
+    "{% if message['content'] is string %}"
+    "{{ ': ' + message['content'] }}"
+    "{% else %}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}{{ '<image>' }}{% endif %}"
+    "{% endfor %}"
+    "{% endif %}"
+    "<end_of_utterance>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+VISION_HIDDEN = 64
+VISION_LAYERS = 2
+VISION_HEADS = 2
+TILE_SIZE = 32
+PATCH_SIZE = 8
+SCALE_FACTOR = 2
+#: ``<image>`` tokens per tile: ((TILE_SIZE / PATCH_SIZE) ** 2) / SCALE_FACTOR ** 2.
+IMAGE_SEQ_LEN = (TILE_SIZE // PATCH_SIZE) ** 2 // SCALE_FACTOR**2
+#: Images are resized to this longest edge, then split into TILE_SIZE tiles (at most 2x2).
+LONGEST_EDGE = 2 * TILE_SIZE
+
+TEXT_HIDDEN = 128
+TEXT_LAYERS = 2
+TEXT_HEADS = 4
+TEXT_KV_HEADS = 2
+HEAD_DIM = TEXT_HIDDEN // TEXT_HEADS  # 32: a size vLLM's CPU PagedAttention supports
+MAX_POSITIONS = 4096
+#: Larger than Llama's 0.02, so the random model's logits are far from ties: greedy output then
+#: varies instead of repeating one token, and does not flip between batched and serial runs.
+TEXT_INIT_RANGE = 0.2
+
+
+def is_complete(path: Path) -> bool:
+    """True when ``path`` holds a finished build of the current :data:`BUILD_VERSION`."""
+    marker = path / COMPLETION_MARKER
+    if not (path / "config.json").is_file() or not marker.is_file():
+        return False
+    return marker.read_text(encoding="utf-8").strip() == BUILD_VERSION
+
+
+def build_tiny_vlm(path: Path) -> Path:
+    """Build the tiny Idefics3 into ``path`` (idempotent, safe for concurrent builders); return it.
+
+    If ``path`` already holds a complete build, return at once. Otherwise build into a temporary
+    directory beside ``path`` and rename it into place, so a reader never sees a half-written
+    model and concurrent builders cannot corrupt each other (the loser discards its copy).
+    ``path`` may exist as an empty directory; a non-empty, incomplete ``path`` raises
+    ``FileExistsError`` rather than being overwritten. Deterministic: same files, same weights.
+    """
+    path = Path(path)
+    if is_complete(path):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.building-", dir=path.parent))
+    try:
+        _write_model_dir(staging)
+        (staging / COMPLETION_MARKER).write_text(BUILD_VERSION + "\n", encoding="utf-8")
+        _make_readable(staging)
+        _install(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _make_readable(directory: Path) -> None:
+    """``mkdtemp`` makes the directory 0700 (and some files 0600): open them for readers."""
+    directory.chmod(0o755)
+    for child in directory.iterdir():
+        child.chmod(0o644)
+
+
+def _install(staging: Path, path: Path) -> None:
+    """Atomically move a finished ``staging`` build to ``path`` (which may be absent or empty)."""
+    try:
+        os.rename(staging, path)
+    except OSError as exc:
+        if is_complete(path):  # a concurrent builder got there first: its build is as good
+            return
+        raise FileExistsError(
+            f"{path} exists and is not a complete tiny VLM build; remove it and build again"
+        ) from exc
+
+
+def _write_model_dir(out: Path) -> None:
+    """Write tokenizer, processor, model and generation config into the empty directory ``out``."""
+    from transformers.utils import logging as hf_logging
+
+    tokenizer = _build_tokenizer()
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    # save_pretrained instantiates a default Idefics3Config to diff against, whose default Llama
+    # text config logs a bogus "pad_token_id ... 128002" warning: not about our config.
+    hf_logging.set_verbosity_error()
+    try:
+        _save_model(out, tokenizer)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+    _build_processor(tokenizer).save_pretrained(str(out))
+    _pin_file_contents(out)
+
+
+def _build_tokenizer() -> Any:
+    """Train a byte-level BPE on :data:`CORPUS`; a fast tokenizer that adds BOS like Llama 3."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB_TARGET,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+        show_progress=False,
+    )
+    bpe.train_from_iterator(CORPUS, trainer)
+    bpe.add_special_tokens(list(SPECIAL_TOKENS))
+    bpe.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{BOS} $A",
+                pair=f"{BOS} $A {BOS} $B",
+                special_tokens=[(BOS, bpe.token_to_id(BOS))],
+            ),
+        ]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=BOS,
+        eos_token=END_OF_UTTERANCE,
+        pad_token=PAD,
+        model_input_names=["input_ids", "attention_mask"],
+        clean_up_tokenization_spaces=False,
+        model_max_length=MAX_POSITIONS,
+    )
+
+
+def _token_id(tokenizer: Any, token: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(token_id, int) or token_id == tokenizer.unk_token_id:
+        raise RuntimeError(f"tokenizer lacks {token}")
+    return token_id
+
+
+def _build_config(tokenizer: Any) -> Any:
+    from transformers import Idefics3Config, LlamaConfig
+    from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
+
+    pad_id = _token_id(tokenizer, PAD)
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=2 * TEXT_HIDDEN,
+        num_hidden_layers=TEXT_LAYERS,
+        num_attention_heads=TEXT_HEADS,
+        num_key_value_heads=TEXT_KV_HEADS,
+        head_dim=HEAD_DIM,
+        max_position_embeddings=MAX_POSITIONS,
+        rms_norm_eps=1e-5,
+        initializer_range=TEXT_INIT_RANGE,
+        bos_token_id=_token_id(tokenizer, BOS),
+        eos_token_id=_token_id(tokenizer, END_OF_UTTERANCE),
+        pad_token_id=pad_id,
+        tie_word_embeddings=False,
+    )
+    vision = Idefics3VisionConfig(
+        hidden_size=VISION_HIDDEN,
+        intermediate_size=2 * VISION_HIDDEN,
+        num_hidden_layers=VISION_LAYERS,
+        num_attention_heads=VISION_HEADS,
+        image_size=TILE_SIZE,
+        patch_size=PATCH_SIZE,
+    )
+    return Idefics3Config(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=_token_id(tokenizer, IMAGE),
+        scale_factor=SCALE_FACTOR,
+        pad_token_id=pad_id,
+        tie_word_embeddings=False,
+    )
+
+
+def _generation_config(tokenizer: Any) -> Any:
+    """Only the special ids: no sampling defaults, so "unset" means the engine's own default."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=_token_id(tokenizer, BOS),
+        eos_token_id=[_token_id(tokenizer, END_OF_UTTERANCE), _token_id(tokenizer, END_OF_TEXT)],
+        pad_token_id=_token_id(tokenizer, PAD),
+    )
+
+
+def _save_model(out: Path, tokenizer: Any) -> None:
+    """Initialise the model from :data:`SEED` (without disturbing the caller's RNG) and save it."""
+    import torch
+    from transformers import Idefics3ForConditionalGeneration
+
+    config = _build_config(tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = Idefics3ForConditionalGeneration(config)
+    model.generation_config = _generation_config(tokenizer)
+    model.eval()
+    model.save_pretrained(str(out))
+
+
+def _build_processor(tokenizer: Any) -> Any:
+    """An ``Idefics3Processor`` with a PIL image processor: 32-pixel tiles, 2x2 at most."""
+    from transformers import Idefics3ImageProcessorPil, Idefics3Processor
+
+    image_processor = Idefics3ImageProcessorPil(
+        do_resize=True,
+        size={"longest_edge": LONGEST_EDGE},
+        do_image_splitting=True,
+        max_image_size={"longest_edge": TILE_SIZE},
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        do_pad=True,
+    )
+    return Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=IMAGE_SEQ_LEN,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def _pin_file_contents(out: Path) -> None:
+    """Keep the chat template in tokenizer_config.json too (AutoTokenizer users read it there)."""
+    tokenizer_config_path = out / "tokenizer_config.json"
+    tokenizer_config = json.loads(tokenizer_config_path.read_text(encoding="utf-8"))
+    tokenizer_config["chat_template"] = CHAT_TEMPLATE
+    tokenizer_config_path.write_text(
+        json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m workers.engines.tiny_vlm PATH``: build (or find) the tiny model at PATH."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("path", type=Path, help="directory to build the model into")
+    args = parser.parse_args(argv)
+    print(build_tiny_vlm(args.path))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
