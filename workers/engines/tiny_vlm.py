@@ -33,6 +33,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,26 +121,49 @@ IMAGE_SEQ_LEN = (TILE_SIZE // PATCH_SIZE) ** 2 // SCALE_FACTOR**2
 #: Images are resized to this longest edge, then split into TILE_SIZE tiles (at most 2x2).
 LONGEST_EDGE = 2 * TILE_SIZE
 
-TEXT_HIDDEN = 128
-TEXT_LAYERS = 2
-TEXT_HEADS = 4
-TEXT_KV_HEADS = 2
-HEAD_DIM = TEXT_HIDDEN // TEXT_HEADS  # 32: a size vLLM's CPU PagedAttention supports
+
+@dataclass(frozen=True)
+class TextSize:
+    """The Llama text decoder's shape; head_dim must be one vLLM's CPU PagedAttention supports."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+#: "tiny" (~0.5M parameters) for tests; "bench" (~50M) for the batching benchmark, where a
+#: decoding step must cost more than HTTP bookkeeping, as it does for real models on GPUs.
+SIZES: dict[str, TextSize] = {
+    "tiny": TextSize(hidden=128, layers=2, heads=4, kv_heads=2, intermediate=256),
+    "bench": TextSize(hidden=768, layers=6, heads=12, kv_heads=4, intermediate=3072),
+}
+TEXT_HIDDEN = SIZES["tiny"].hidden
+HEAD_DIM = SIZES["tiny"].head_dim  # 32
 MAX_POSITIONS = 4096
 #: Larger than Llama's 0.02, so the random model's logits are far from ties: greedy output then
 #: varies instead of repeating one token, and does not flip between batched and serial runs.
 TEXT_INIT_RANGE = 0.2
 
 
-def is_complete(path: Path) -> bool:
+def _stamp(size: str) -> str:
+    return BUILD_VERSION if size == "tiny" else f"{BUILD_VERSION}-{size}"
+
+
+def is_complete(path: Path, size: str = "tiny") -> bool:
     """True when ``path`` holds a finished build of the current :data:`BUILD_VERSION`."""
     marker = path / COMPLETION_MARKER
     if not (path / "config.json").is_file() or not marker.is_file():
         return False
-    return marker.read_text(encoding="utf-8").strip() == BUILD_VERSION
+    return marker.read_text(encoding="utf-8").strip() == _stamp(size)
 
 
-def build_tiny_vlm(path: Path) -> Path:
+def build_tiny_vlm(path: Path, size: str = "tiny") -> Path:
     """Build the tiny Idefics3 into ``path`` (idempotent, safe for concurrent builders); return it.
 
     If ``path`` already holds a complete build, return at once. Otherwise build into a temporary
@@ -149,13 +173,15 @@ def build_tiny_vlm(path: Path) -> Path:
     ``FileExistsError`` rather than being overwritten. Deterministic: same files, same weights.
     """
     path = Path(path)
-    if is_complete(path):
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; one of {sorted(SIZES)}")
+    if is_complete(path, size):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.building-", dir=path.parent))
     try:
-        _write_model_dir(staging)
-        (staging / COMPLETION_MARKER).write_text(BUILD_VERSION + "\n", encoding="utf-8")
+        _write_model_dir(staging, SIZES[size])
+        (staging / COMPLETION_MARKER).write_text(_stamp(size) + "\n", encoding="utf-8")
         _make_readable(staging)
         _install(staging, path)
     finally:
@@ -183,7 +209,7 @@ def _install(staging: Path, path: Path) -> None:
         ) from exc
 
 
-def _write_model_dir(out: Path) -> None:
+def _write_model_dir(out: Path, size: TextSize) -> None:
     """Write tokenizer, processor, model and generation config into the empty directory ``out``."""
     from transformers.utils import logging as hf_logging
 
@@ -195,7 +221,7 @@ def _write_model_dir(out: Path) -> None:
     # text config logs a bogus "pad_token_id ... 128002" warning: not about our config.
     hf_logging.set_verbosity_error()
     try:
-        _save_model(out, tokenizer)
+        _save_model(out, tokenizer, size)
     finally:
         hf_logging.set_verbosity(verbosity)
         if was_enabled:
@@ -253,19 +279,19 @@ def _token_id(tokenizer: Any, token: str) -> int:
     return token_id
 
 
-def _build_config(tokenizer: Any) -> Any:
+def _build_config(tokenizer: Any, size: TextSize) -> Any:
     from transformers import Idefics3Config, LlamaConfig
     from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
 
     pad_id = _token_id(tokenizer, PAD)
     text = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=2 * TEXT_HIDDEN,
-        num_hidden_layers=TEXT_LAYERS,
-        num_attention_heads=TEXT_HEADS,
-        num_key_value_heads=TEXT_KV_HEADS,
-        head_dim=HEAD_DIM,
+        hidden_size=size.hidden,
+        intermediate_size=size.intermediate,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.kv_heads,
+        head_dim=size.head_dim,
         max_position_embeddings=MAX_POSITIONS,
         rms_norm_eps=1e-5,
         initializer_range=TEXT_INIT_RANGE,
@@ -303,12 +329,12 @@ def _generation_config(tokenizer: Any) -> Any:
     )
 
 
-def _save_model(out: Path, tokenizer: Any) -> None:
+def _save_model(out: Path, tokenizer: Any, size: TextSize) -> None:
     """Initialise the model from :data:`SEED` (without disturbing the caller's RNG) and save it."""
     import torch
     from transformers import Idefics3ForConditionalGeneration
 
-    config = _build_config(tokenizer)
+    config = _build_config(tokenizer, size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         model = Idefics3ForConditionalGeneration(config)
@@ -354,8 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m workers.engines.tiny_vlm PATH``: build (or find) the tiny model at PATH."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("path", type=Path, help="directory to build the model into")
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     args = parser.parse_args(argv)
-    print(build_tiny_vlm(args.path))
+    print(build_tiny_vlm(args.path, args.size))
     return 0
 
 
