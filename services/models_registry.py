@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -147,6 +148,28 @@ _LLAMA_11B_PRICE = PriceCard(
 )
 
 
+def _tiny_vlm(name: str, weights: Path) -> ModelSpec:
+    """A locally built random Idefics3 served by vLLM (the tiny test model or the bench model)."""
+    return ModelSpec(
+        name=name,
+        engine="vllm",
+        weights_path=str(weights),
+        architecture="Idefics3ForConditionalGeneration",
+        max_images=1,
+        max_output_tokens=1024,
+        default_max_tokens=32,
+        context_length=2048,
+        price=PriceCard(),
+        owned_by="loupe",
+        system_prompt_with_images=True,
+        # float32: on CPU vLLM would downcast to bfloat16, and batched greedy output
+        # should match serial greedy output exactly in the contract tests.
+        engine_args=EngineArgs(
+            max_num_seqs=32, max_model_len=2048, enforce_eager=True, dtype="float32"
+        ),
+    )
+
+
 def build_registry(settings: Settings) -> ModelRegistry:
     """The models this deployment serves (all known ones unless LOUPE_SERVED_MODELS narrows it)."""
     specs = [
@@ -163,40 +186,8 @@ def build_registry(settings: Settings) -> ModelRegistry:
             owned_by="loupe",
             engine_args=EngineArgs(max_num_seqs=16),
         ),
-        ModelSpec(
-            name=TINY_VLLM_MODEL,
-            engine="vllm",
-            weights_path=str(settings.models_dir / "tiny-vlm"),
-            architecture="Idefics3ForConditionalGeneration",
-            max_images=1,
-            max_output_tokens=1024,
-            default_max_tokens=32,
-            context_length=2048,
-            price=PriceCard(),
-            owned_by="loupe",
-            system_prompt_with_images=True,
-            # float32: on CPU vLLM would downcast to bfloat16, and batched greedy output
-            # should match serial greedy output exactly in the contract tests.
-            engine_args=EngineArgs(
-                max_num_seqs=32, max_model_len=2048, enforce_eager=True, dtype="float32"
-            ),
-        ),
-        ModelSpec(
-            name=BENCH_VLLM_MODEL,
-            engine="vllm",
-            weights_path=str(settings.models_dir / "bench-vlm"),
-            architecture="Idefics3ForConditionalGeneration",
-            max_images=1,
-            max_output_tokens=1024,
-            default_max_tokens=64,
-            context_length=2048,
-            price=PriceCard(),
-            owned_by="loupe",
-            system_prompt_with_images=True,
-            engine_args=EngineArgs(
-                max_num_seqs=32, max_model_len=2048, enforce_eager=True, dtype="float32"
-            ),
-        ),
+        _tiny_vlm(TINY_VLLM_MODEL, settings.models_dir / "tiny-vlm"),
+        _tiny_vlm(BENCH_VLLM_MODEL, settings.models_dir / "bench-vlm"),
         ModelSpec(
             name=LLAMA_11B,
             engine="vllm",

@@ -49,8 +49,9 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from services.errors import ConfigurationError, EngineError, Unavailable
-from services.jobs.models import Message, SamplingParams
+from services.jobs.models import SamplingParams
 from workers.engines.base import GenerationRequest, GenerationResult
+from workers.engines.chat import to_chat
 
 logger = logging.getLogger(__name__)
 
@@ -228,30 +229,6 @@ class _Row:
 
     prepared: _Prepared
     finished: bool = False
-
-
-def _chat(messages: Sequence[Message], image_count: int) -> tuple[list[dict[str, Any]], list[int]]:
-    """Messages in the processor's chat format, and the image indices in placeholder order."""
-    conversation: list[dict[str, Any]] = []
-    order: list[int] = []
-    for message in messages:
-        parts: list[dict[str, Any]] = []
-        for part in message.content:
-            if part.type == "image":
-                if not 0 <= part.image_index < image_count:
-                    raise EngineError(
-                        f"message refers to image {part.image_index} but the request has "
-                        f"{image_count} image(s)",
-                        code="invalid_prompt",
-                    )
-                parts.append({"type": "image"})
-                order.append(part.image_index)
-            elif part.type == "text":
-                parts.append({"type": "text", "text": part.text})
-            else:
-                raise EngineError(f"unknown content part type {part.type!r}", code="invalid_prompt")
-        conversation.append({"role": message.role, "content": parts})
-    return conversation, order
 
 
 def _batch_key(prepared: _Prepared) -> tuple[Any, ...]:
@@ -588,7 +565,7 @@ class TransformersEngine:
 
     def _render(self, pending: _Pending) -> _Prepared:
         request = pending.request
-        conversation, order = _chat(request.messages, len(request.images))
+        conversation, order = to_chat(request.messages, len(request.images))
         prompt = self._processor.apply_chat_template(
             conversation, add_generation_prompt=True, tokenize=False
         )

@@ -31,7 +31,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -40,8 +40,9 @@ from typing import Any
 from PIL import Image
 
 from services.errors import ConfigurationError, EngineError, Unavailable
-from services.jobs.models import Message, SamplingParams
+from services.jobs.models import SamplingParams
 from workers.engines.base import GenerationRequest, GenerationResult
+from workers.engines.chat import to_chat
 
 logger = logging.getLogger(__name__)
 
@@ -263,30 +264,6 @@ def vllm_import_error() -> str | None:
     return None
 
 
-def _chat(messages: Sequence[Message], image_count: int) -> tuple[list[dict[str, Any]], list[int]]:
-    """Messages in the chat-template format, and the image indices in placeholder order."""
-    conversation: list[dict[str, Any]] = []
-    order: list[int] = []
-    for message in messages:
-        parts: list[dict[str, Any]] = []
-        for part in message.content:
-            if part.type == "image":
-                if not 0 <= part.image_index < image_count:
-                    raise EngineError(
-                        f"message refers to image {part.image_index} but the request has "
-                        f"{image_count} image(s)",
-                        code="invalid_prompt",
-                    )
-                parts.append({"type": "image"})
-                order.append(part.image_index)
-            elif part.type == "text":
-                parts.append({"type": "text", "text": part.text})
-            else:
-                raise EngineError(f"unknown content part type {part.type!r}", code="invalid_prompt")
-        conversation.append({"role": message.role, "content": parts})
-    return conversation, order
-
-
 def _engine_error(exc: BaseException) -> EngineError:
     """A vLLM request error as Loupe's ``EngineError`` (context overflow gets its own code)."""
     message = str(exc) or type(exc).__name__
@@ -422,7 +399,7 @@ class VllmEngine:
 
     def _prompt(self, request: GenerationRequest) -> dict[str, Any]:
         """vLLM's prompt dict: the rendered chat text plus the images in placeholder order."""
-        conversation, order = _chat(request.messages, len(request.images))
+        conversation, order = to_chat(request.messages, len(request.images))
         with self._template_lock:  # tokenizers and jinja state are not shared across threads
             try:
                 text = self._template.apply_chat_template(
