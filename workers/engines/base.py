@@ -13,6 +13,7 @@ from typing import Protocol
 
 from PIL import Image
 
+from services.errors import EngineError
 from services.jobs.models import Message, SamplingParams
 
 
@@ -50,3 +51,27 @@ class Engine(Protocol):
     def close(self) -> None:
         """Release the model and any threads."""
         ...
+
+
+def validate_sampling(params: SamplingParams) -> None:
+    """Reject values no sampler can use: every engine's last guard (the API validates first).
+
+    Raises ``EngineError`` with code ``invalid_sampling_params``.
+    """
+    problems: list[str] = []
+    if params.max_tokens is not None and params.max_tokens < 1:
+        problems.append("max_tokens must be at least 1")
+    if params.temperature is not None and params.temperature < 0:
+        problems.append("temperature must be >= 0")
+    if params.top_p is not None and not 0 < params.top_p <= 1:
+        problems.append("top_p must be in (0, 1]")
+    if params.top_k is not None and params.top_k < -1:
+        problems.append("top_k must be -1, 0 (both: disabled) or at least 1")
+    if params.min_p is not None and not 0 <= params.min_p <= 1:
+        problems.append("min_p must be in [0, 1]")
+    if params.repetition_penalty is not None and params.repetition_penalty <= 0:
+        problems.append("repetition_penalty must be > 0")
+    if any(not stop for stop in params.stop):
+        problems.append("stop strings must not be empty")
+    if problems:
+        raise EngineError("; ".join(problems), code="invalid_sampling_params")

@@ -50,7 +50,7 @@ from transformers.utils import logging as hf_logging
 
 from services.errors import ConfigurationError, EngineError, Unavailable
 from services.jobs.models import SamplingParams
-from workers.engines.base import GenerationRequest, GenerationResult
+from workers.engines.base import GenerationRequest, GenerationResult, validate_sampling
 from workers.engines.chat import to_chat
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class _Sampling:
 
 def _normalise(params: SamplingParams) -> _Sampling:
     """Validate ``params`` and fold "unset" into neutral values. Raises ``EngineError``."""
-    _validate(params)
+    validate_sampling(params)
     greedy = not params.temperature  # None or 0 -> greedy
     return _Sampling(
         greedy=greedy,
@@ -100,25 +100,6 @@ def _normalise(params: SamplingParams) -> _Sampling:
         ignore_eos=params.ignore_eos,
         seed=None if greedy else params.seed,
     )
-
-
-def _validate(params: SamplingParams) -> None:
-    """Reject values the sampler cannot use (the API validates first; this is the last guard)."""
-    problems: list[str] = []
-    if params.max_tokens is not None and params.max_tokens < 1:
-        problems.append("max_tokens must be at least 1")
-    if params.temperature is not None and params.temperature < 0:
-        problems.append("temperature must be >= 0")
-    if params.top_p is not None and not 0 < params.top_p <= 1:
-        problems.append("top_p must be in (0, 1]")
-    if params.min_p is not None and not 0 <= params.min_p <= 1:
-        problems.append("min_p must be in [0, 1]")
-    if params.repetition_penalty is not None and params.repetition_penalty <= 0:
-        problems.append("repetition_penalty must be > 0")
-    if any(not s for s in params.stop):
-        problems.append("stop strings must not be empty")
-    if problems:
-        raise EngineError("; ".join(problems), code="invalid_sampling_params")
 
 
 def _generation_config(

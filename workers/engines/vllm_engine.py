@@ -41,7 +41,7 @@ from PIL import Image
 
 from services.errors import ConfigurationError, EngineError, Unavailable
 from services.jobs.models import SamplingParams
-from workers.engines.base import GenerationRequest, GenerationResult
+from workers.engines.base import GenerationRequest, GenerationResult, validate_sampling
 from workers.engines.chat import to_chat
 
 logger = logging.getLogger(__name__)
@@ -163,27 +163,6 @@ def _abort_result() -> GenerationResult:
     return GenerationResult(text="", finish_reason="abort", prompt_tokens=0, completion_tokens=0)
 
 
-def _validate(params: SamplingParams) -> None:
-    """Reject values no sampler can use (the API validates first; this is the last guard)."""
-    problems: list[str] = []
-    if params.max_tokens is not None and params.max_tokens < 1:
-        problems.append("max_tokens must be at least 1")
-    if params.temperature is not None and params.temperature < 0:
-        problems.append("temperature must be >= 0")
-    if params.top_p is not None and not 0 < params.top_p <= 1:
-        problems.append("top_p must be in (0, 1]")
-    if params.top_k is not None and params.top_k < -1:
-        problems.append("top_k must be -1, 0 (both: disabled) or at least 1")
-    if params.min_p is not None and not 0 <= params.min_p <= 1:
-        problems.append("min_p must be in [0, 1]")
-    if params.repetition_penalty is not None and params.repetition_penalty <= 0:
-        problems.append("repetition_penalty must be > 0")
-    if any(not stop for stop in params.stop):
-        problems.append("stop strings must not be empty")
-    if problems:
-        raise EngineError("; ".join(problems), code="invalid_sampling_params")
-
-
 def sampling_kwargs(params: SamplingParams, model_defaults: Mapping[str, Any]) -> dict[str, Any]:
     """Loupe's ``SamplingParams`` as keyword arguments for ``vllm.SamplingParams``.
 
@@ -193,7 +172,7 @@ def sampling_kwargs(params: SamplingParams, model_defaults: Mapping[str, Any]) -
     is greedy (vLLM then ignores top_p/top_k/min_p); a top_k of 0 or -1 means "disabled" and is
     passed on as vLLM's own default for that, which changed from -1 to 0 between releases.
     """
-    _validate(params)
+    validate_sampling(params)
     kwargs: dict[str, Any] = {
         "n": 1,
         "max_tokens": params.max_tokens or DEFAULT_MAX_TOKENS,

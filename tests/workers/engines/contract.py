@@ -15,6 +15,8 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -217,3 +219,39 @@ class EngineContract:
         assert caught.value.code == "context_length_exceeded"
         # The engine keeps serving afterwards.
         assert engine.generate(make_request(max_tokens=2, temperature=0)).completion_tokens > 0
+
+    @pytest.mark.parametrize(
+        "params",
+        [
+            {"max_tokens": 0},
+            {"temperature": -1.0},
+            {"top_p": 0.0},
+            {"top_k": -2},
+            {"min_p": 1.5},
+            {"repetition_penalty": 0.0},
+            {"stop": ("",)},
+        ],
+    )
+    def test_impossible_sampling_values_are_rejected(
+        self, engine: Engine, params: dict[str, Any]
+    ) -> None:
+        invalid = replace(make_request(max_tokens=2), params=SamplingParams(**params))
+        with pytest.raises(EngineError) as caught:
+            engine.generate(invalid)
+        assert caught.value.code == "invalid_sampling_params"
+
+    def test_all_sampling_controls_are_accepted(self, engine: Engine) -> None:
+        result = engine.generate(
+            make_request(
+                max_tokens=6,
+                temperature=0.7,
+                top_p=0.9,
+                top_k=20,
+                min_p=0.05,
+                presence_penalty=0.5,
+                frequency_penalty=0.5,
+                repetition_penalty=1.1,
+                seed=3,
+            )
+        )
+        assert 0 < result.completion_tokens <= 6
