@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.errors import ConfigurationError
@@ -45,7 +45,6 @@ class Settings:
     inference_queue: str = "inference"
     engine_device: str = "cpu"
     log_level: str = "INFO"
-    extra: Mapping[str, str] = field(default_factory=dict)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:

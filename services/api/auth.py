@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import current_app, g, request
 
-from services.auth.keys import ApiKey, Role
+from services.auth.keys import ApiKey
 from services.container import Container
-from services.errors import Forbidden, Unauthenticated
+from services.errors import Unauthenticated
 
 
 def container() -> Container:
@@ -27,11 +27,4 @@ def authenticate_request() -> None:
 
 def current_key() -> ApiKey:
     key: ApiKey = g.api_key
-    return key
-
-
-def require_admin() -> ApiKey:
-    key = current_key()
-    if key.role is not Role.ADMIN:
-        raise Forbidden("This endpoint needs an admin key.", code="admin_required")
     return key

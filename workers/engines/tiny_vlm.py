@@ -143,8 +143,6 @@ SIZES: dict[str, TextSize] = {
     "tiny": TextSize(hidden=128, layers=2, heads=4, kv_heads=2, intermediate=256),
     "bench": TextSize(hidden=768, layers=6, heads=12, kv_heads=4, intermediate=3072),
 }
-TEXT_HIDDEN = SIZES["tiny"].hidden
-HEAD_DIM = SIZES["tiny"].head_dim  # 32
 MAX_POSITIONS = 4096
 #: Larger than Llama's 0.02, so the random model's logits are far from ties: greedy output then
 #: varies instead of repeating one token, and does not flip between batched and serial runs.
