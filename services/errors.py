@@ -12,12 +12,18 @@ class LoupeError(Exception):
 
     code = "internal_error"
     http_status = 500
+    # Seconds after which retrying may succeed (sent as ``Retry-After``); None: no advice.
+    retry_after: int | None = None
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class ConfigurationError(LoupeError):
@@ -73,6 +79,13 @@ class Conflict(LoupeError):
 class QuotaExceeded(LoupeError):
     code = "quota_exceeded"
     http_status = 429
+
+
+class PaymentRequired(LoupeError):
+    """The key's spend cap would be exceeded (402); raising the cap or a new month lifts it."""
+
+    code = "spend_limit_reached"
+    http_status = 402
 
 
 class Unavailable(LoupeError):

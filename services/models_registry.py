@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
@@ -227,4 +227,39 @@ def build_registry(settings: Settings) -> ModelRegistry:
         if unknown:
             raise ConfigurationError(f"LOUPE_SERVED_MODELS names unknown models: {sorted(unknown)}")
         specs = [s for s in specs if s.name in settings.served_models]
-    return ModelRegistry(specs)
+    return ModelRegistry(_apply_price_overrides(specs, settings))
+
+
+def _apply_price_overrides(specs: list[ModelSpec], settings: Settings) -> list[ModelSpec]:
+    """``LOUPE_PRICE_OVERRIDES``: this deployment's prices replace the registry's, per field.
+
+    Jobs keep the card that was in force when they were submitted (it is copied onto the job),
+    so changing prices never rewrites the cost of past or queued jobs.
+    """
+    known = {s.name for s in specs}
+    unknown = {o.model for o in settings.price_overrides} - known
+    if unknown:
+        raise ConfigurationError(
+            f"LOUPE_PRICE_OVERRIDES names models that are not served: {sorted(unknown)}"
+        )
+    overrides = {o.model: o for o in settings.price_overrides}
+    result = []
+    for spec in specs:
+        o = overrides.get(spec.name)
+        if o is not None:
+            card = spec.price
+            spec = replace(
+                spec,
+                price=PriceCard(
+                    input_per_million=_or(o.input_per_million, card.input_per_million),
+                    output_per_million=_or(o.output_per_million, card.output_per_million),
+                    per_image=_or(o.per_image, card.per_image),
+                    currency=card.currency,
+                ),
+            )
+        result.append(spec)
+    return result
+
+
+def _or(value: Decimal | None, default: Decimal) -> Decimal:
+    return default if value is None else value

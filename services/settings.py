@@ -6,14 +6,28 @@ environment variables; defaults run the local, embedded stack (SQLite, loopback 
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 from services.errors import ConfigurationError
 
 _PREFIX = "LOUPE_"
+
+
+@dataclass(frozen=True)
+class PriceOverride:
+    """A deployment's prices for one model (USD); ``None`` keeps the registry's value."""
+
+    model: str
+    input_per_million: Decimal | None = None
+    output_per_million: Decimal | None = None
+    per_image: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,39 @@ class Settings:
     inference_queue: str = "inference"
     engine_device: str = "cpu"
     log_level: str = "INFO"
+    # Time a job may wait in the queue before it ends ``expired`` (None: forever).
+    default_ttl_seconds: int | None = None
+    max_ttl_seconds: int = 7 * 24 * 3600
+    idempotency_window_seconds: int = 24 * 3600
+    # How long a finished job's inputs (images, prompt) and output are kept (0: forever).
+    retention_seconds: int = 30 * 24 * 3600
+    retention_sweep_seconds: int = 3600
+    expiry_sweep_seconds: int = 15
+    maintenance_queue: str = "maintenance"
+    # Usage accounting and quotas (services/usage).
+    price_overrides: tuple[PriceOverride, ...] = ()
+    charge_failed_jobs: bool = True
+    # Webhooks (services/webhooks, workers/webhooks.py).
+    webhook_queue: str = "webhooks"
+    webhook_concurrency: int = 8
+    webhook_allow_http: bool = False
+    # CIDRs exempt from the SSRF guard (local development and tests only).
+    webhook_allowed_networks: tuple[str, ...] = ()
+    # Seconds before each attempt: the Standard Webhooks example schedule (about 27 h in all).
+    webhook_retry_schedule: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+    webhook_timeout_seconds: float = 10.0
+    webhook_secret_overlap_seconds: int = 86400
+    # Admin monitoring (services/admin, workers/heartbeat.py).
+    heartbeat_seconds: int = 5
+    heartbeat_ttl_seconds: int = 15
+    metrics_token: str | None = None
+    metrics_cache_ms: int = 1000
+    # Waiting (long-poll, ``Prefer: wait``, /v1/chat/completions); see services/jobs/waiting.py.
+    redis_url: str = "redis://127.0.0.1:6379/0"  # job-change pub/sub; defaults to broker_url
+    max_wait_seconds: int = 60
+    api_threads: int = 32  # gunicorn gthread threads per API process
+    max_waiters_per_process: int = 24  # default: api_threads minus a reserve for plain requests
+    chat_completions_timeout_seconds: int = 60
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -80,6 +127,121 @@ def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[
     if raw is None or raw.strip() == "":
         return default
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(_PREFIX + name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{_PREFIX}{name} must be true or false, got {raw!r}")
+
+
+_PRICE_FIELDS = ("input_per_million", "output_per_million", "per_image")
+
+
+def _price_overrides(env: Mapping[str, str]) -> tuple[PriceOverride, ...]:
+    """``LOUPE_PRICE_OVERRIDES``: JSON ``{"model": {"input_per_million": "0.35", ...}}``, inline
+    or the path of a file holding it. Prices are decimal strings (numbers are accepted but a
+    float like 0.1 is parsed from its JSON text, never through binary floating point)."""
+    name = _PREFIX + "PRICE_OVERRIDES"
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return ()
+    if not raw.startswith("{"):
+        try:
+            raw = Path(raw).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(f"{name}: cannot read {raw!r}: {exc}") from exc
+    try:
+        data = json.loads(raw, parse_float=Decimal, parse_int=Decimal)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{name} must be a JSON object of model name to prices")
+    overrides = []
+    for model, card in data.items():
+        if not isinstance(card, dict) or not card or set(card) - set(_PRICE_FIELDS):
+            raise ConfigurationError(
+                f"{name}: {model!r} must map to an object with some of {', '.join(_PRICE_FIELDS)}"
+            )
+        prices: dict[str, Decimal] = {}
+        for field_name, value in card.items():
+            try:
+                price = Decimal(value) if isinstance(value, str | Decimal) else None
+            except InvalidOperation:
+                price = None
+            if price is None or not price.is_finite() or price < 0:
+                raise ConfigurationError(
+                    f"{name}: {model}.{field_name} must be a non-negative decimal, got {value!r}"
+                )
+            prices[field_name] = price
+        overrides.append(PriceOverride(model=model, **prices))
+    return tuple(overrides)
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{_PREFIX}{name} must be a number, got {raw!r}") from exc
+    if not value > 0:
+        raise ConfigurationError(f"{_PREFIX}{name} must be > 0, got {value}")
+    return value
+
+
+def _schedule(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    """Comma-separated non-negative seconds, at least one."""
+    parts = _list(env, name, ())
+    if not parts:
+        return default
+    try:
+        values = tuple(float(part) for part in parts)
+    except ValueError as exc:
+        raise ConfigurationError(f"{_PREFIX}{name} must be comma-separated seconds") from exc
+    if any(value < 0 for value in values):
+        raise ConfigurationError(f"{_PREFIX}{name} must not contain negative delays")
+    return values
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated CIDRs, normalised (``127.0.0.1/8`` is refused: host bits set)."""
+    networks = []
+    for part in _list(env, name, ()):
+        try:
+            networks.append(str(ipaddress.ip_network(part)))
+        except ValueError as exc:
+            raise ConfigurationError(f"{_PREFIX}{name}: {exc}") from exc
+    return tuple(networks)
+
+
+def default_max_waiters(api_threads: int) -> int:
+    """Waiters one API process may hold: its threads minus a reserve (a quarter, at least 2)
+    kept free for plain requests, so long-polls never starve the API."""
+    return max(0, api_threads - max(2, api_threads // 4))
+
+
+def _waiting_settings(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:
+    broker_url = _str(env, "BROKER_URL", defaults.broker_url)
+    api_threads = _int(env, "API_THREADS", defaults.api_threads, 1)
+    return {
+        "redis_url": _str(env, "REDIS_URL", broker_url),
+        "max_wait_seconds": _int(env, "MAX_WAIT_SECONDS", defaults.max_wait_seconds, 1),
+        "api_threads": api_threads,
+        "max_waiters_per_process": _int(
+            env, "MAX_WAITERS_PER_PROCESS", default_max_waiters(api_threads), 0
+        ),
+        "chat_completions_timeout_seconds": _int(
+            env, "CHAT_COMPLETIONS_TIMEOUT_SECONDS", defaults.chat_completions_timeout_seconds, 1
+        ),
+    }
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -118,7 +280,43 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         inference_queue=_str(env, "INFERENCE_QUEUE", defaults.inference_queue),
         engine_device=_str(env, "ENGINE_DEVICE", defaults.engine_device),
         log_level=_str(env, "LOG_LEVEL", defaults.log_level).upper(),
+        default_ttl_seconds=_opt_int(env, "DEFAULT_TTL_SECONDS", 1),
+        max_ttl_seconds=_int(env, "MAX_TTL_SECONDS", defaults.max_ttl_seconds, 1),
+        idempotency_window_seconds=_int(
+            env, "IDEMPOTENCY_WINDOW_SECONDS", defaults.idempotency_window_seconds, 1
+        ),
+        retention_seconds=_int(env, "RETENTION_SECONDS", defaults.retention_seconds, 0),
+        retention_sweep_seconds=_int(
+            env, "RETENTION_SWEEP_SECONDS", defaults.retention_sweep_seconds, 1
+        ),
+        expiry_sweep_seconds=_int(env, "EXPIRY_SWEEP_SECONDS", defaults.expiry_sweep_seconds, 1),
+        maintenance_queue=_str(env, "MAINTENANCE_QUEUE", defaults.maintenance_queue),
+        price_overrides=_price_overrides(env),
+        charge_failed_jobs=_bool(env, "CHARGE_FAILED_JOBS", defaults.charge_failed_jobs),
+        webhook_queue=_str(env, "WEBHOOK_QUEUE", defaults.webhook_queue),
+        webhook_concurrency=_int(env, "WEBHOOK_CONCURRENCY", defaults.webhook_concurrency, 1),
+        webhook_allow_http=_bool(env, "WEBHOOK_ALLOW_HTTP", defaults.webhook_allow_http),
+        webhook_allowed_networks=_networks(env, "WEBHOOK_ALLOWED_NETWORKS"),
+        webhook_retry_schedule=_schedule(
+            env, "WEBHOOK_RETRY_SCHEDULE", defaults.webhook_retry_schedule
+        ),
+        webhook_timeout_seconds=_float(
+            env, "WEBHOOK_TIMEOUT_SECONDS", defaults.webhook_timeout_seconds
+        ),
+        webhook_secret_overlap_seconds=_int(
+            env, "WEBHOOK_SECRET_OVERLAP_SECONDS", defaults.webhook_secret_overlap_seconds
+        ),
+        heartbeat_seconds=_int(env, "HEARTBEAT_SECONDS", defaults.heartbeat_seconds, 1),
+        heartbeat_ttl_seconds=_int(env, "HEARTBEAT_TTL_SECONDS", defaults.heartbeat_ttl_seconds, 2),
+        metrics_token=_opt(env, "METRICS_TOKEN"),
+        metrics_cache_ms=_int(env, "METRICS_CACHE_MS", defaults.metrics_cache_ms, 0),
+        **_waiting_settings(env, defaults),
     )
+    if settings.heartbeat_ttl_seconds <= settings.heartbeat_seconds:
+        raise ConfigurationError(
+            "LOUPE_HEARTBEAT_TTL_SECONDS must exceed LOUPE_HEARTBEAT_SECONDS, "
+            "or live workers blink out of the admin view between heartbeats"
+        )
     if settings.visibility_timeout_seconds <= settings.max_job_timeout_seconds:
         raise ConfigurationError(
             "LOUPE_VISIBILITY_TIMEOUT_SECONDS must exceed LOUPE_MAX_JOB_TIMEOUT_SECONDS, "

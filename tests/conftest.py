@@ -50,20 +50,59 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
-def make_bucket(s3: S3Server) -> str:
-    name = "t-" + secrets.token_hex(6)
-    client = boto3.session.Session().client(
+_TEST_BUCKETS: list[tuple[S3Server, str]] = []
+"""Buckets :func:`make_bucket` made during the running test; dropped when it ends."""
+
+
+def _s3_client(s3: S3Server) -> Any:
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=s3.endpoint_url,
         region_name="us-east-1",
         aws_access_key_id=s3.access_key_id,
         aws_secret_access_key=s3.secret_access_key,
     )
+
+
+def make_bucket(s3: S3Server, *, keep: bool = False) -> str:
+    """A new empty bucket; unless ``keep`` (for module- and session-scoped stacks) it is deleted,
+    objects and all, when the running test ends.
+
+    Each SeaweedFS bucket is a collection with a volume of its own, so keeping every test's
+    bucket would run the server out of volume slots in a long session.
+    """
+    name = "t-" + secrets.token_hex(6)
+    client = _s3_client(s3)
     try:
         client.create_bucket(Bucket=name)
     finally:
         client.close()
+    if not keep:
+        _TEST_BUCKETS.append((s3, name))
     return name
+
+
+def _drop_bucket(s3: S3Server, name: str) -> None:
+    if not s3.process.alive():
+        return
+    client = _s3_client(s3)
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=name, Delete={"Objects": keys})
+        client.delete_bucket(Bucket=name)
+    except Exception:  # noqa: BLE001 best-effort clean-up; the session's server goes away anyway
+        pass
+    finally:
+        client.close()
+
+
+@pytest.fixture(autouse=True)
+def _drop_test_buckets() -> Iterator[None]:
+    yield
+    while _TEST_BUCKETS:
+        _drop_bucket(*_TEST_BUCKETS.pop())
 
 
 @pytest.fixture

@@ -10,17 +10,22 @@ import sys
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
-from services.jobs.queue import INFERENCE_TASK
+from services.jobs.queue import INFERENCE_TASK, broker_transport_options
 from services.models_registry import build_registry
 from services.settings import Settings, load_settings
+from services.webhooks.queue import DELIVER_TASK
 
 log = logging.getLogger("loupe.worker")
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("loupe", broker=settings.broker_url, include=["workers.tasks.inference"])
+    app = Celery(
+        "loupe",
+        broker=settings.broker_url,
+        include=["workers.tasks.inference", "workers.tasks.maintenance", "workers.tasks.webhooks"],
+    )
     app.conf.update(
         task_acks_late=True,  # a job's message is acked only once the job is finished
         task_reject_on_worker_lost=True,  # a killed worker's job goes back on the queue
@@ -33,10 +38,31 @@ def make_celery(settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=settings.inference_queue,
-        task_routes={INFERENCE_TASK: {"queue": settings.inference_queue}},
+        task_routes={
+            INFERENCE_TASK: {"queue": settings.inference_queue},
+            DELIVER_TASK: {"queue": settings.webhook_queue},
+            "loupe.maintenance.*": {"queue": settings.maintenance_queue},
+        },
+        # ``celery beat`` (one per deployment) schedules the sweeps; a light worker runs them.
+        beat_schedule={
+            "expire-overdue-jobs": {
+                "task": "loupe.maintenance.expire_overdue",
+                "schedule": float(settings.expiry_sweep_seconds),
+                "options": {"expires": float(settings.expiry_sweep_seconds)},
+            },
+            "requeue-overdue-webhooks": {
+                "task": "loupe.maintenance.requeue_overdue_webhooks",
+                "schedule": 60.0,
+                "options": {"expires": 60.0},
+            },
+            "remove-old-job-data": {
+                "task": "loupe.maintenance.remove_old_data",
+                "schedule": float(settings.retention_sweep_seconds),
+                "options": {"expires": float(settings.retention_sweep_seconds)},
+            },
+        },
         broker_transport_options={
-            # Must exceed the longest job or Redis redelivers a job still running.
-            "visibility_timeout": settings.visibility_timeout_seconds,
+            **broker_transport_options(settings),
             "unacked_restore_throttle": 1,
         },
         broker_connection_retry_on_startup=True,
@@ -57,6 +83,8 @@ def _warm_up(sender: Any = None, **_: Any) -> None:
     from workers.context import get_worker_context
 
     settings = _settings_of(sender.app)
+    if settings.inference_queue not in sender.app.amqp.queues.consume_from:
+        return  # e.g. the webhooks worker (-Q webhooks): it never runs a model
     ctx = get_worker_context(settings)
     if settings.default_model not in ctx.registry:
         return
@@ -74,8 +102,25 @@ def _warm_up(sender: Any = None, **_: Any) -> None:
 @worker_shutdown.connect
 def _shut_down(**_: Any) -> None:
     from workers.context import close_worker_context
+    from workers.webhooks import close_webhook_context
 
     close_worker_context()
+    close_webhook_context()
+
+
+@worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    """Announce this worker in Redis (``workers/heartbeat.py``) once it consumes."""
+    from workers.heartbeat import start_heartbeat
+
+    start_heartbeat(sender)
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    from workers.heartbeat import stop_heartbeat
+
+    stop_heartbeat()
 
 
 app = make_celery(load_settings())

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Protocol
 
 from services.container import Container, build_container, utcnow
+from services.jobs.events import JobEvents, NoJobEvents
 from services.jobs.store import JobStore
 from services.models_registry import ModelRegistry, ModelSpec
 from services.settings import Settings
@@ -33,6 +34,7 @@ class WorkerContext:
     registry: ModelRegistry
     engines: EngineProvider
     cancels: CancelWatcher
+    events: JobEvents = field(default_factory=NoJobEvents)
     clock: Callable[[], datetime] = utcnow
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     container: Container | None = None
@@ -53,6 +55,7 @@ def build_worker_context(settings: Settings) -> WorkerContext:
         registry=container.registry,
         engines=EnginePool(settings),
         cancels=CancelWatcher(container.jobs, settings.cancel_poll_ms / 1000),
+        events=container.events,
         container=container,
     )
 

@@ -28,6 +28,7 @@ class Outcome(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
+    EXPIRED = "expired"
     SKIPPED = "skipped"  # not ours: already running elsewhere, finished, or gone
 
 
@@ -45,12 +46,17 @@ def process_job(job_id: str, ctx: WorkerContext) -> Outcome:
     if current.status.terminal:
         log.info("job %s: duplicate message ignored (already %s)", job_id, current.status.value)
         return Outcome.SKIPPED
-    job = ctx.store.claim(
-        job_id, ctx.clock(), timedelta(seconds=current.timeout_seconds) + LEASE_GRACE
-    )
+    now = ctx.clock()
+    overdue = current.expires_at is not None and current.expires_at <= now
+    if overdue and ctx.store.expire_queued(job_id, now):
+        log.info("job %s expired in the queue; not run", job_id)
+        _announce(job_id, ctx)
+        return Outcome.EXPIRED
+    job = ctx.store.claim(job_id, now, timedelta(seconds=current.timeout_seconds) + LEASE_GRACE)
     if job is None:
         log.info("job %s: duplicate message ignored (running elsewhere)", job_id)
         return Outcome.SKIPPED
+    ctx.events.job_changed(job)  # the claim returned the job as stored: no need to re-read it
     try:
         result, stop = _run(job, ctx)
     except Unavailable as exc:
@@ -64,7 +70,18 @@ def process_job(job_id: str, ctx: WorkerContext) -> Outcome:
         # A bug, not the job's fault: fail it visibly rather than leave it running forever.
         log.exception("job %s crashed the pipeline", job.id)
         return _fail(job, ctx, "internal_error", "The worker hit an internal error.")
-    return _finish(job, ctx, result, stop)
+    outcome = _finish(job, ctx, result, stop)
+    if outcome is not Outcome.SKIPPED:
+        _announce(job.id, ctx)
+    return outcome
+
+
+def _announce(job_id: str, ctx: WorkerContext) -> None:
+    """Tell the event sinks about a state change we just committed (never raises)."""
+    try:
+        ctx.events.job_changed(ctx.store.get(job_id))
+    except LoupeError as exc:
+        log.warning("job %s: could not announce its change: %s", job_id, exc.message)
 
 
 def give_up(job_id: str, ctx: WorkerContext, message: str) -> Outcome:
@@ -128,7 +145,7 @@ def _finish(job: Job, ctx: WorkerContext, result: GenerationResult, stop: str | 
             job.id,
             job.attempts,
             ctx.clock(),
-            code="job_timeout",
+            code="timeout",
             message=f"The job ran past its timeout of {job.timeout_seconds} s and was stopped.",
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
@@ -152,4 +169,7 @@ def _finish(job: Job, ctx: WorkerContext, result: GenerationResult, stop: str | 
 def _fail(job: Job, ctx: WorkerContext, code: str, message: str) -> Outcome:
     log.info("job %s failed: %s: %s", job.id, code, message)
     ok = ctx.store.fail(job.id, job.attempts, ctx.clock(), code=code, message=message)
-    return Outcome.FAILED if ok else Outcome.SKIPPED
+    if not ok:
+        return Outcome.SKIPPED
+    _announce(job.id, ctx)
+    return Outcome.FAILED

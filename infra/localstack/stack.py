@@ -3,7 +3,8 @@
 ``up`` starts, all on 127.0.0.1 and detached (they outlive the command):
 Redis, SeaweedFS (S3, bucket ``loupe-images``, fresh random keys), then runs
 ``services.cli migrate`` and creates a user and an admin API key, then starts the API (gunicorn)
-and one Celery worker, waits until ``GET /healthz`` answers 200 and the worker logs ``ready.``,
+and one Celery worker (plus a model-less one for the ``webhooks`` queue), waits until
+``GET /healthz`` answers 200 and the workers log ``ready.``,
 and writes ``.dev/stack.env`` (``KEY=value`` lines, shell-sourceable, mode 0600).
 
 State lives in ``.dev/`` at the repository root (or ``--dev-dir``)::
@@ -51,11 +52,16 @@ from infra.localstack.servers import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PARTS = ("redis", "seaweed", "api", "worker")
+PARTS = ("redis", "seaweed", "api", "worker", "webhooks")
 """Start order; ``down`` stops them in reverse."""
 BUCKET = "loupe-images"
 REGION = "us-east-1"
 WORKER_CONCURRENCY = 4
+WEBHOOK_CONCURRENCY = 8
+# The local stack lets webhooks reach receivers on this machine (over plain http).
+WEBHOOK_ALLOWED_NETWORKS = "127.0.0.0/8,::1/128"
+API_THREADS = 16
+"""gunicorn gthread threads per API process: a long-poll holds a thread, not a process."""
 READY_TIMEOUT_S = 300.0
 CLI_TIMEOUT_S = 600.0
 _WORKER_READY = re.compile(r"@\S+ ready\.")
@@ -107,6 +113,14 @@ class StackCommands:
     create_key: tuple[str, ...]
     api: tuple[str, ...]
     worker: tuple[str, ...]
+    webhook_worker: tuple[str, ...] = (
+        "{python}", "-m", "celery", "-A", "workers.celery_app", "worker",
+        "-Q", "webhooks,maintenance", "--beat", "--schedule", "{schedule}",
+        "--pool", "threads", "--concurrency", str(WEBHOOK_CONCURRENCY),
+        "--without-gossip", "--without-mingle", "--loglevel", "INFO", "-n", "loupe-webhooks@%h",
+    )  # fmt: skip
+    """The light worker: webhook deliveries and the maintenance sweeps (with an embedded beat
+    that schedules them); no model."""
 
 
 DEFAULT_COMMANDS = StackCommands(
@@ -116,6 +130,7 @@ DEFAULT_COMMANDS = StackCommands(
     ),
     api=(
         "{python}", "-m", "gunicorn", "--bind", LOOPBACK + ":{port}", "--workers", "2",
+        "--worker-class", "gthread", "--threads", str(API_THREADS),
         "--access-logfile", "-", "services.api.wsgi:app",
     ),
     worker=(
@@ -256,6 +271,10 @@ def loupe_env(paths: StackPaths, redis: RedisServer, s3: S3Server) -> dict[str, 
         "LOUPE_S3_SECRET_ACCESS_KEY": s3.secret_access_key,
         "LOUPE_MODELS_DIR": str(paths.dev / "models"),
         "LOUPE_WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
+        "LOUPE_WEBHOOK_CONCURRENCY": str(WEBHOOK_CONCURRENCY),
+        "LOUPE_WEBHOOK_ALLOWED_NETWORKS": WEBHOOK_ALLOWED_NETWORKS,
+        "LOUPE_WEBHOOK_ALLOW_HTTP": "true",
+        "LOUPE_API_THREADS": str(API_THREADS),  # sizes the app's waiter cap to --threads
     }
 
 
@@ -358,13 +377,37 @@ def _start_app(
     )
     _record(paths, "api", api)
     worker = spawn(
-        _fill(commands.worker), paths.log("worker"), env=env, cwd=paths.root, detached=True
+        _fill(commands.worker),
+        paths.log("worker"),
+        env=env,
+        cwd=paths.root,
+        detached=True,
     )
     _record(paths, "worker", worker)
+    webhooks = spawn(
+        _fill(commands.webhook_worker, schedule=str(paths.dev / "run" / "celerybeat-schedule")),
+        paths.log("webhooks"),
+        env=env,
+        cwd=paths.root,
+        detached=True,
+    )
+    _record(paths, "webhooks", webhooks)
     api_url = f"http://{LOOPBACK}:{port}"
     print(f"api      starting at {api_url}; worker starting (first start builds a tiny model)")
     _wait_ready(api_url, api, worker, timeout)
+    _wait_webhooks_ready(webhooks, timeout)
     return api_url
+
+
+def _wait_webhooks_ready(webhooks: ServerProcess, timeout: float) -> None:
+    """Until the webhooks worker logged ``ready.``; StackError if it dies or is late."""
+    deadline = time.monotonic() + timeout
+    while not _worker_ready(webhooks.log_path):
+        if not webhooks.alive():
+            raise StackError(f"webhooks exited during startup:\n{webhooks.log_tail()}")
+        if time.monotonic() >= deadline:
+            raise StackError(f"webhooks not ready within {timeout:.0f} s\n{webhooks.log_tail()}")
+        time.sleep(0.5)
 
 
 def _bring_up(paths: StackPaths, commands: StackCommands, timeout: float) -> dict[str, str]:
@@ -407,6 +450,7 @@ def _print_summary(paths: StackPaths, env: Mapping[str, str]) -> None:
 Loupe dev stack is up; {env_file} has its URLs and keys.
   API     {env.get("LOUPE_API_URL")}   (log {_shown(paths.log("api"))})
   worker  log {_shown(paths.log("worker"))}
+  webhooks log {_shown(paths.log("webhooks"))} (loopback receivers allowed, http too)
 Try:
   set -a; . {env_file}; set +a
   curl -s -H "Authorization: Bearer $LOUPE_API_KEY" -F image=@photo.png \\

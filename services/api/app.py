@@ -6,8 +6,11 @@ import logging
 
 from flask import Flask
 
-from services.api import health, jobs, models
+from services.api import health, jobs, models, openai_compat, usage, webhooks
+from services.api.admin import api_bp as admin_api_bp
+from services.api.admin import page_bp as admin_page_bp
 from services.api.errors import register_error_handlers
+from services.api.metrics import bp as metrics_bp
 from services.container import Container, build_container
 from services.settings import Settings, load_settings
 
@@ -24,4 +27,10 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(models.bp)
+    app.register_blueprint(usage.bp)
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(admin_api_bp)
+    app.register_blueprint(admin_page_bp)
+    app.register_blueprint(metrics_bp)
+    app.register_blueprint(openai_compat.bp)
     return app

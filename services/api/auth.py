@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import current_app, g, request
 
-from services.auth.keys import ApiKey
+from services.auth.keys import ApiKey, Role
 from services.container import Container
-from services.errors import Unauthenticated
+from services.errors import Forbidden, Unauthenticated
 
 
 def container() -> Container:
@@ -28,3 +28,9 @@ def authenticate_request() -> None:
 def current_key() -> ApiKey:
     key: ApiKey = g.api_key
     return key
+
+
+def require_admin() -> None:
+    """Raise :class:`Forbidden` unless the request's key is an admin key (after authentication)."""
+    if current_key().role is not Role.ADMIN:
+        raise Forbidden("This endpoint needs an admin key.", code="admin_required")

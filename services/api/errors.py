@@ -31,6 +31,8 @@ def register_error_handlers(app: Flask) -> None:
         response = error_response(exc.http_status, exc.code, exc.message)
         if exc.http_status == 503:
             response.headers["Retry-After"] = "5"
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
         return response
 
     @app.errorhandler(HTTPException)

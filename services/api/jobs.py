@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from services.api.auth import authenticate_request, container, current_key
-from services.api.schemas import parse_form_job, parse_json_job
+from services.api.schemas import (
+    encode_cursor,
+    parse_form_job,
+    parse_idempotency_key,
+    parse_json_job,
+    parse_list_query,
+)
+from services.api.waiting import apply_prefer_wait, requested_wait, wait_for_job
 from services.errors import BadRequest, UnsupportedMediaType
+from services.jobs.models import Job
 from services.jobs.presenter import job_to_public
 from services.jobs.service import SubmitCommand
+from services.jobs.store import Cursor
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 bp.before_request(authenticate_request)
@@ -32,20 +43,52 @@ def _command_from_request() -> SubmitCommand:
     )
 
 
+def _public(job: Job) -> dict[str, object]:
+    """The job JSON, with its place in line while it is queued."""
+    return job_to_public(job, container().job_service.queue_info(job))
+
+
 @bp.post("")
 def create_job() -> tuple[Response, int, dict[str, str]]:
-    job = container().job_service.submit(_command_from_request())
-    location = url_for("jobs.get_job", job_id=job.id)
-    return jsonify(job_to_public(job)), 202, {"Location": location}
+    key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
+    command = dataclasses.replace(_command_from_request(), idempotency_key=key)
+    submission = container().job_service.submit_or_replay(command)
+    job, status, waited = apply_prefer_wait(submission.job)  # Prefer: wait=N
+    headers = {"Location": url_for("jobs.get_job", job_id=job.id), **waited}
+    if submission.replayed:
+        headers["Idempotent-Replayed"] = "true"
+        status = 200  # the original job, whatever its state
+    return jsonify(_public(job)), status, headers
+
+
+@bp.get("")
+def list_jobs() -> Response:
+    where, limit, after = parse_list_query(request.args.to_dict(flat=False))
+    page, has_more = container().job_service.list_jobs(current_key().id, where, limit, after)
+    next_cursor = None
+    if has_more:
+        last = page[-1]
+        next_cursor = encode_cursor(Cursor(created_at=last.created_at, job_id=last.id))
+    return jsonify(
+        {
+            "object": "list",
+            "data": [job_to_public(job) for job in page],
+            "has_more": has_more,
+            "next_cursor": next_cursor,
+        }
+    )
 
 
 @bp.get("/<job_id>")
 def get_job(job_id: str) -> Response:
+    wait = requested_wait()  # ?wait=N long-poll
     job = container().job_service.get(job_id, current_key().id)
-    return jsonify(job_to_public(job))
+    if wait is not None:
+        job, _ = wait_for_job(job, wait)
+    return jsonify(_public(job))
 
 
 @bp.post("/<job_id>/cancel")
 def cancel_job(job_id: str) -> Response:
     job = container().job_service.cancel(job_id, current_key().id)
-    return jsonify(job_to_public(job))
+    return jsonify(_public(job))

@@ -5,15 +5,18 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import json
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from services.errors import BadRequest, InvalidInput
-from services.jobs.models import ContentPart, Message, SamplingParams
+from services.jobs.models import ContentPart, JobStatus, Message, Priority, SamplingParams
 from services.jobs.service import SubmitCommand
+from services.jobs.store import Cursor, JobFilter
 
 _DATA_URL = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*);base64,"
@@ -89,6 +92,12 @@ class Sampling(_Strict):
     ignore_eos: bool = False
     timeout_seconds: int | None = Field(default=None, ge=1)
     metadata: dict[str, str] | None = None
+    priority: Priority = Priority.NORMAL
+    ttl_seconds: int | None = Field(default=None, ge=1)
+    webhook: str | None = Field(default=None, min_length=1, max_length=2048)
+    webhook_events_filter: list[Literal["start", "completed"]] | None = Field(
+        default=None, min_length=1
+    )
 
     @field_validator("stop")
     @classmethod
@@ -108,6 +117,17 @@ class Sampling(_Strict):
         ):
             raise ValueError("at most 16 keys; keys up to 64 and values up to 512 characters")
         return value
+
+    def webhook_options(self) -> dict[str, Any]:
+        """``SubmitCommand`` webhook fields; a filter without a webhook is a 422."""
+        if self.webhook is None:
+            if self.webhook_events_filter is not None:
+                raise InvalidInput(
+                    "webhook_events_filter needs a webhook URL.", code="invalid_parameter"
+                )
+            return {}
+        events = tuple(dict.fromkeys(self.webhook_events_filter or ["completed"]))
+        return {"webhook": self.webhook, "webhook_events_filter": events}
 
     def sampling_params(self) -> SamplingParams:
         stop = self.stop
@@ -222,21 +242,25 @@ def parse_json_job(body: Any, owner_id: str) -> SubmitCommand:
         ),
         timeout_seconds=request.timeout_seconds,
         metadata=request.metadata or {},
+        priority=request.priority,
+        ttl_seconds=request.ttl_seconds,
+        **request.webhook_options(),
     )
 
 
 _FORM_SCALARS = {
     "model", "prompt", "system", "max_tokens", "max_completion_tokens", "temperature", "top_p",
     "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty", "repetition_penalty",
-    "timeout_seconds", "ignore_eos",
+    "timeout_seconds", "ignore_eos", "priority", "ttl_seconds", "webhook",
 }  # fmt: skip
+_FORM_LISTS = {"stop", "webhook_events_filter"}
 
 
 def parse_form_job(
     form: Mapping[str, list[str]], files: Mapping[str, list[bytes]], owner_id: str, model: str
 ) -> SubmitCommand:
     """Multipart: ``image`` file(s), ``prompt``, optional model and sampling fields."""
-    unknown = set(form) - _FORM_SCALARS - {"stop"}
+    unknown = set(form) - _FORM_SCALARS - _FORM_LISTS
     unknown |= set(files) - {"image"}
     if unknown:
         raise InvalidInput(
@@ -244,8 +268,8 @@ def parse_form_job(
         )
     data: dict[str, Any] = {k: v[-1] for k, v in form.items() if k in _FORM_SCALARS}
     data.setdefault("model", model)
-    if "stop" in form:
-        data["stop"] = form["stop"]
+    for name in _FORM_LISTS & set(form):
+        data[name] = form[name]
     request: FormJobRequest = _parse(FormJobRequest, data)
     images = tuple(files.get("image", []))
     content = [ContentPart(type="image", image_index=i) for i in range(len(images))]
@@ -262,4 +286,82 @@ def parse_form_job(
         params=request.sampling_params(),
         timeout_seconds=request.timeout_seconds,
         metadata={},
+        priority=request.priority,
+        ttl_seconds=request.ttl_seconds,
+        **request.webhook_options(),
     )
+
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def parse_idempotency_key(value: str | None) -> str | None:
+    """The ``Idempotency-Key`` header: 1 to 255 visible ASCII characters, or absent."""
+    if value is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(value):
+        raise InvalidInput(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters.",
+            code="invalid_idempotency_key",
+        )
+    return value
+
+
+class ListJobsQuery(_Strict):
+    status: list[JobStatus] = Field(default_factory=list)
+    model: str | None = Field(default=None, min_length=1, max_length=200)
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = None
+
+    @field_validator("created_after", "created_before")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give a timezone, e.g. 2026-11-24T00:00:00Z")
+        return value
+
+
+_METADATA_PARAM = re.compile(r"^metadata\[(?P<key>[^\]]{1,64})\]$")
+
+
+def encode_cursor(cursor: Cursor) -> str:
+    raw = json.dumps({"t": cursor.created_at.isoformat(), "id": cursor.job_id})
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(value: str) -> Cursor:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+        created_at = datetime.fromisoformat(raw["t"])
+        if created_at.tzinfo is None or not isinstance(raw["id"], str):
+            raise ValueError("bad cursor")
+        return Cursor(created_at=created_at, job_id=raw["id"])
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise InvalidInput("cursor is not one this API returned.", code="invalid_cursor") from None
+
+
+def parse_list_query(args: Mapping[str, list[str]]) -> tuple[JobFilter, int, Cursor | None]:
+    """``GET /v1/jobs`` query: status (repeat or comma-separate), model, created_after,
+    created_before (ISO 8601 with zone), ``metadata[key]=value`` (repeatable), limit, cursor."""
+    metadata: dict[str, str] = {}
+    plain: dict[str, Any] = {}
+    for name, values in args.items():
+        match = _METADATA_PARAM.match(name)
+        if match is not None:
+            metadata[match["key"]] = values[-1]
+        elif name == "status":
+            plain["status"] = [s for v in values for s in v.split(",") if s]
+        else:
+            plain[name] = values[-1]
+    query: ListJobsQuery = _parse(ListJobsQuery, plain)
+    where = JobFilter(
+        statuses=tuple(query.status),
+        model=query.model,
+        created_after=query.created_after,
+        created_before=query.created_before,
+        metadata=metadata,
+    )
+    cursor = None if query.cursor is None else _decode_cursor(query.cursor)
+    return where, query.limit, cursor

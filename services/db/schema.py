@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -79,6 +83,150 @@ jobs = Table(
     Column("completion_tokens", Integer(), nullable=True),
     Column("error_code", String(64), nullable=True),
     Column("error_message", Text(), nullable=True),
+    Column("priority", String(8), nullable=False, server_default="normal"),
+    # A queued job not started by then ends ``expired`` (``ttl_seconds`` at submit).
+    Column("expires_at", UTCDateTime(), nullable=True),
+    # Unique per key (NULLs never collide): the same key and body replays the original job.
+    Column("idempotency_key", String(255), nullable=True),
+    Column("request_hash", String(64), nullable=True),
+    # Set when retention removed the job's images and output.
+    Column("data_removed_at", UTCDateTime(), nullable=True),
     Index("ix_jobs_owner_created", "owner_id", "created_at"),
     Index("ix_jobs_status", "status"),
+    Index("ux_jobs_owner_idempotency", "owner_id", "idempotency_key", unique=True),
+    Index("ix_jobs_owner_status_created", "owner_id", "status", "created_at"),
+    Index("ix_jobs_completed", "completed_at"),
+    # Admin monitoring: oldest queued job per priority (services/admin/sql_stats.py).
+    Index("ix_jobs_status_priority_created", "status", "priority", "created_at"),
+)
+
+
+# --- Usage accounting and quotas (migration 0004) -------------------------------------------
+
+MONEY_SCALE = 10  # decimal places kept for money: 1e-10 USD, the pricing quantum
+
+
+class Money(TypeDecorator[Decimal]):
+    """Exact USD amounts stored as a BIGINT count of 1e-10 USD.
+
+    Integers are exact and ``SUM``-able on every backend (SQLite has no exact decimal type);
+    an amount with more than ``MONEY_SCALE`` decimals is refused, never silently rounded.
+    """
+
+    impl = BigInteger()
+    cache_ok = True
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> int | None:
+        if value is None:
+            return None
+        units = Decimal(value).scaleb(MONEY_SCALE)
+        if units != units.to_integral_value():
+            raise ValueError(f"{value} has more than {MONEY_SCALE} decimal places")
+        return int(units)
+
+    def process_result_value(self, value: object, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        # SUM() comes back as int (SQLite) or Decimal (PostgreSQL numeric): both exact.
+        return Decimal(str(value)).scaleb(-MONEY_SCALE).normalize()
+
+
+# Set when a job reaches a terminal status: True if it has a usage_ledger row (it is charged).
+jobs.append_column(Column("billed", Boolean(), nullable=True))
+# The up-front estimate made at submit: prompt tokens (an upper bound) and the maximum cost.
+jobs.append_column(Column("estimated_prompt_tokens", Integer(), nullable=True))
+jobs.append_column(Column("estimated_cost_max", Money(), nullable=True))
+
+usage_ledger = Table(
+    "usage_ledger",
+    metadata,
+    # One row per billable job, ever: a redelivered or re-run job cannot be billed twice.
+    Column("job_id", String(40), primary_key=True),
+    Column("owner_id", String(40), ForeignKey("api_keys.id"), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("prompt_tokens", Integer(), nullable=False),
+    Column("completion_tokens", Integer(), nullable=False),
+    Column("images", Integer(), nullable=False),
+    Column("cost_input", Money(), nullable=False),
+    Column("cost_output", Money(), nullable=False),
+    Column("cost_images", Money(), nullable=False),
+    Column("cost_total", Money(), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("price", JSON(), nullable=False),  # the card the job was priced with
+    Column("billed_at", UTCDateTime(), nullable=False),
+    Column("billed_on", Date(), nullable=False),  # UTC day of billed_at, for group_by=day
+    Index("ix_usage_owner_billed_on", "owner_id", "billed_on"),
+    Index("ix_usage_billed_on", "billed_on"),
+)
+
+key_quotas = Table(
+    "key_quotas",
+    metadata,
+    Column("key_id", String(40), ForeignKey("api_keys.id"), primary_key=True),
+    # NULL means unlimited.
+    Column("monthly_spend_usd", Money(), nullable=True),
+    Column("max_queued", Integer(), nullable=True),
+    Column("max_running", Integer(), nullable=True),
+    Column("requests_per_minute", Integer(), nullable=True),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# --------------------------------------------------------------------------- webhooks (0005)
+# A job's webhook target and which events it asked for (``["completed"]`` by default).
+jobs.append_column(Column("webhook_url", String(2048), nullable=True))
+jobs.append_column(Column("webhook_events", JSON(), nullable=True))
+
+# One signing secret per API key. Stored in plaintext on purpose: HMAC needs the secret itself
+# and ``GET /v1/webhook-secret`` must show it to its owner (as Svix and Stripe do); protect the
+# database like the broker. During a rotation overlap the previous secret also signs.
+webhook_secrets = Table(
+    "webhook_secrets",
+    metadata,
+    Column("owner_id", String(40), ForeignKey("api_keys.id"), primary_key=True),
+    Column("secret", String(128), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("previous_secret", String(128), nullable=True),
+    Column("previous_expires_at", UTCDateTime(), nullable=True),
+)
+
+# One row per (job, event type): its ``webhook-id`` and the exact payload, kept for redelivery.
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("job_id", String(40), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("owner_id", String(40), nullable=False),
+    Column("event_type", String(32), nullable=False),
+    Column("url", String(2048), nullable=False),
+    Column("payload", JSON(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    # pending → delivered | failed; a redelivery puts it back to pending.
+    Column("state", String(16), nullable=False),
+    # First attempt number of the current run (1, or the attempt a redelivery started at):
+    # the retry schedule is counted from it.
+    Column("run_first_attempt", Integer(), nullable=False, server_default="1"),
+    Column("next_attempt_at", UTCDateTime(), nullable=True),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    Index("ux_webhook_events_job_type", "job_id", "event_type", unique=True),
+)
+
+# Every delivery attempt. The row is inserted before the POST (it is the claim that stops a
+# duplicated task message from posting twice) and completed after it.
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column(
+        "event_id",
+        String(40),
+        ForeignKey("webhook_events.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("attempt", Integer(), primary_key=True, autoincrement=False),
+    Column("attempted_at", UTCDateTime(), nullable=False),
+    Column("completed_at", UTCDateTime(), nullable=True),
+    Column("http_status", Integer(), nullable=True),
+    Column("latency_ms", Integer(), nullable=True),
+    Column("error", Text(), nullable=True),
+    Column("response_body", Text(), nullable=True),  # the first 1 KB
 )

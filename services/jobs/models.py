@@ -27,6 +27,24 @@ TERMINAL_STATUSES = frozenset(
 )
 
 
+class Priority(enum.StrEnum):
+    """Queue priority. Celery on Redis keeps one list per priority step; 0 is served first."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def broker_priority(self) -> int:
+        return BROKER_PRIORITIES[self]
+
+
+BROKER_PRIORITIES = {Priority.HIGH: 0, Priority.NORMAL: 5, Priority.LOW: 9}
+# kombu's Redis transport rounds a message's priority to these steps, one list each:
+# ``inference`` (0), ``inference:5``, ``inference:9``.
+BROKER_PRIORITY_STEPS = sorted(BROKER_PRIORITIES.values())
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """OpenAI-style sampling options; ``None`` means the model's default."""
@@ -174,6 +192,16 @@ class NewJob:
     price: PriceCard
     timeout_seconds: int
     metadata: dict[str, str] = field(default_factory=dict)
+    priority: Priority = Priority.NORMAL
+    expires_at: datetime | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    webhook_url: str | None = None
+    # Which webhook events the job asked for: "start", "completed".
+    webhook_events: tuple[str, ...] = ("completed",)
+    # Up-front estimate (services/usage/estimate.py): prompt-token upper bound and max cost.
+    estimated_prompt_tokens: int | None = None
+    estimated_cost_max: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -201,3 +229,21 @@ class Job:
     error_message: str | None = None
     attempts: int = 0
     cancel_requested_at: datetime | None = None
+    priority: Priority = Priority.NORMAL
+    expires_at: datetime | None = None
+    idempotency_key: str | None = None
+    data_removed_at: datetime | None = None
+    webhook_url: str | None = None
+    webhook_events: tuple[str, ...] = ("completed",)
+    # None until terminal; then whether the job has a usage-ledger row (is charged).
+    billed: bool | None = None
+    estimated_prompt_tokens: int | None = None
+    estimated_cost_max: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """Where a queued job stands: jobs ahead of it, and when it may start at recent throughput."""
+
+    position: int
+    estimated_start_seconds: float | None

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from services.jobs.models import Job, JobStatus
-from services.usage.pricing import price_job
+from services.jobs.models import Job, JobStatus, QueueInfo
+from services.usage.pricing import Cost, money_str, price_job
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -19,9 +19,10 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return round((end - start).total_seconds(), 3)
 
 
-def job_to_public(job: Job) -> dict[str, Any]:
+def job_to_public(job: Job, queue: QueueInfo | None = None) -> dict[str, Any]:
+    """The job as clients see it; ``queue`` (for a queued job) adds its place in line."""
     output = None
-    if job.status is JobStatus.SUCCEEDED:
+    if job.status is JobStatus.SUCCEEDED and job.data_removed_at is None:
         output = {"text": job.output_text, "finish_reason": job.finish_reason}
     usage = None
     if job.prompt_tokens is not None and job.completion_tokens is not None:
@@ -30,9 +31,7 @@ def job_to_public(job: Job) -> dict[str, Any]:
             "completion_tokens": job.completion_tokens,
             "total_tokens": job.prompt_tokens + job.completion_tokens,
             "images": len(job.images),
-            "cost": price_job(
-                job.price, job.prompt_tokens, job.completion_tokens, len(job.images)
-            ).to_json(),
+            "cost": _cost(job).to_json(),
         }
     run_seconds = _seconds(job.started_at, job.completed_at)
     tokens_per_second = None
@@ -46,6 +45,7 @@ def job_to_public(job: Job) -> dict[str, Any]:
         "object": "job",
         "status": job.status.value,
         "model": job.model,
+        "priority": job.priority.value,
         "created_at": _ts(job.created_at),
         "started_at": _ts(job.started_at),
         "completed_at": _ts(job.completed_at),
@@ -58,5 +58,32 @@ def job_to_public(job: Job) -> dict[str, Any]:
         },
         "error": error,
         "cancel_requested": job.cancel_requested_at is not None,
+        "expires_at": _ts(job.expires_at),
+        "queue_position": None if queue is None else queue.position,
+        "estimated_start_seconds": None if queue is None else queue.estimated_start_seconds,
+        "data_removed": job.data_removed_at is not None,
         "metadata": job.metadata,
+        "webhook": job.webhook_url,
+        "webhook_events_filter": list(job.webhook_events),
+        "estimated_cost": _estimate(job),
+    }
+
+
+def _cost(job: Job) -> Cost:
+    """What the job is charged: the ledger's numbers (zero when the job has no ledger row)."""
+    if job.billed is False:
+        return Cost.zero(job.price.currency)
+    return price_job(job.price, job.prompt_tokens or 0, job.completion_tokens or 0, len(job.images))
+
+
+def _estimate(job: Job) -> dict[str, Any] | None:
+    """The up-front maximum made at submit (kept on the job, so every status shows it)."""
+    if job.estimated_cost_max is None:
+        return None
+    return {
+        "max": money_str(job.estimated_cost_max),
+        "currency": job.price.currency,
+        "prompt_tokens_max": job.estimated_prompt_tokens,
+        "max_tokens": job.params.max_tokens,
+        "images": len(job.images),
     }

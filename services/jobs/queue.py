@@ -9,42 +9,88 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from services.errors import Unavailable
+from services.jobs.models import BROKER_PRIORITY_STEPS, Priority
 from services.settings import Settings
 
 INFERENCE_TASK = "loupe.inference.run"
+# Separator kombu puts between a queue's name and its priority step: ``inference:9``.
+PRIORITY_SEP = ":"
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """Redis transport options shared by the API (producer) and the workers (consumer)."""
+    return {
+        # Must exceed the longest job or Redis redelivers a job still running.
+        "visibility_timeout": settings.visibility_timeout_seconds,
+        "priority_steps": BROKER_PRIORITY_STEPS,
+        "sep": PRIORITY_SEP,
+        "queue_order_strategy": "priority",
+    }
+
+
+def priority_queue_names(queue: str) -> dict[Priority, str]:
+    """The Redis list that holds each priority's messages for ``queue``."""
+    return {
+        p: queue if p.broker_priority == 0 else f"{queue}{PRIORITY_SEP}{p.broker_priority}"
+        for p in Priority
+    }
 
 
 class TaskQueue(Protocol):
-    def enqueue_inference(self, job_id: str) -> None: ...
+    def enqueue_inference(self, job_id: str, priority: Priority = Priority.NORMAL) -> None: ...
 
 
-class CeleryTaskQueue:
-    """Publishes task messages to the Redis broker through a producer-only Celery app."""
+class CeleryProducer:
+    """A producer-only Celery app: publishes tasks by name; broker errors become ``Unavailable``.
 
-    def __init__(self, settings: Settings) -> None:
+    Shared by every adapter that enqueues (jobs, webhook deliveries), so they connect, retry and
+    fail the same way.
+    """
+
+    def __init__(self, settings: Settings, name: str = "loupe-producer") -> None:
         from celery import Celery  # lazy on purpose: see the module docstring
 
-        self._queue = settings.inference_queue
-        self._app: Any = Celery("loupe-producer", broker=settings.broker_url, set_as_current=False)
+        self._app: Any = Celery(name, broker=settings.broker_url, set_as_current=False)
         self._app.conf.update(
-            broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
+            broker_transport_options=broker_transport_options(settings),
             broker_connection_retry_on_startup=True,
             broker_connection_timeout=5,
             task_serializer="json",
         )
 
-    def enqueue_inference(self, job_id: str) -> None:
+    def send(self, task: str, args: list[Any], queue: str, **options: Any) -> None:
         try:
             self._app.send_task(
-                INFERENCE_TASK,
-                args=[job_id],
-                queue=self._queue,
-                task_id=job_id,
+                task,
+                args=args,
+                queue=queue,
                 retry=True,
                 retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+                **options,
             )
         except Exception as exc:  # kombu raises many transport error types
             raise Unavailable(f"broker unavailable: {exc}") from exc
 
     def close(self) -> None:
         self._app.close()
+
+
+class CeleryTaskQueue:
+    """Publishes inference task messages to the Redis broker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._queue = settings.inference_queue
+        self._producer = CeleryProducer(settings)
+
+    def enqueue_inference(self, job_id: str, priority: Priority = Priority.NORMAL) -> None:
+        # The task id is the job id, so the message and the job are easy to match in the broker.
+        self._producer.send(
+            INFERENCE_TASK,
+            [job_id],
+            self._queue,
+            task_id=job_id,
+            priority=priority.broker_priority,
+        )
+
+    def close(self) -> None:
+        self._producer.close()

@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from services.errors import Conflict, InvalidInput, Unavailable
-from services.jobs.models import Job, JobStatus, Message, NewJob, SamplingParams
+from services.jobs.events import JobEvents, NoJobEvents
+from services.jobs.models import (
+    Job,
+    JobStatus,
+    Message,
+    NewJob,
+    Priority,
+    QueueInfo,
+    SamplingParams,
+)
 from services.jobs.queue import TaskQueue
-from services.jobs.store import JobStore
+from services.jobs.store import Cursor, JobFilter, JobStore
 from services.models_registry import ModelRegistry, ModelSpec
 from services.settings import Settings
 from services.storage.blobs import BlobStore
 from services.storage.images import ImageLimits, ValidatedImage, validate_image
+from services.usage.estimate import CostEstimator
+from services.usage.quotas import NoQuotas, QuotaGate
+from services.webhooks.ssrf import check_webhook_url
 
 
 @dataclass(frozen=True)
@@ -29,6 +44,41 @@ class SubmitCommand:
     params: SamplingParams
     timeout_seconds: int | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    priority: Priority = Priority.NORMAL
+    webhook: str | None = None
+    webhook_events_filter: tuple[str, ...] = ("completed",)
+    ttl_seconds: int | None = None
+    idempotency_key: str | None = None
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what the request asks for (images by digest), to match replays."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, bytes):
+                return hashlib.sha256(value).hexdigest()
+            if isinstance(value, dict):
+                return {str(k): plain(v) for k, v in value.items()}
+            if isinstance(value, list | tuple):
+                return [plain(v) for v in value]
+            return value
+
+        fields = {
+            name: plain(value)
+            for name, value in dataclasses.asdict(self).items()
+            if name not in ("owner_id", "idempotency_key")
+        }
+        canonical = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: Job
+    replayed: bool  # True: an Idempotency-Key replay returned the job created earlier
+
+
+# Throughput over this window estimates when a queued job will start.
+THROUGHPUT_WINDOW = timedelta(minutes=5)
 
 
 def new_job_id() -> str:
@@ -45,8 +95,14 @@ class JobService:
         queue: TaskQueue,
         registry: ModelRegistry,
         clock: Callable[[], datetime],
+        events: JobEvents | None = None,
+        quotas: QuotaGate | None = None,
+        estimator: CostEstimator | None = None,
     ) -> None:
         self._settings = settings
+        self._quotas: QuotaGate = quotas or NoQuotas()
+        self._estimator = estimator or CostEstimator()
+        self._events: JobEvents = events or NoJobEvents()
         self._store = store
         self._blobs = blobs
         self._queue = queue
@@ -59,10 +115,49 @@ class JobService:
         )
 
     def submit(self, command: SubmitCommand) -> Job:
-        """Create a queued job. Nothing is stored or queued unless every check passes."""
+        return self.submit_or_replay(command).job
+
+    def submit_or_replay(self, command: SubmitCommand) -> Submission:
+        """Create a queued job, or return the one an earlier request with the same
+        Idempotency-Key created (same body: replay; different body: 409)."""
+        fingerprint = command.fingerprint()
+        if command.idempotency_key is not None:
+            earlier = self._replay(command.owner_id, command.idempotency_key, fingerprint)
+            if earlier is not None:
+                return Submission(earlier, replayed=True)
+        try:
+            return Submission(self._create(command, fingerprint), replayed=False)
+        except Conflict as exc:
+            if exc.code != "idempotency_key_in_use" or command.idempotency_key is None:
+                raise
+            earlier = self._replay(command.owner_id, command.idempotency_key, fingerprint)
+            if earlier is None:
+                raise
+            return Submission(earlier, replayed=True)
+
+    def _replay(self, owner_id: str, key: str, fingerprint: str) -> Job | None:
+        earlier = self._store.find_idempotent(owner_id, key)
+        if earlier is None:
+            return None
+        window = timedelta(seconds=self._settings.idempotency_window_seconds)
+        if self._clock() - earlier.created_at > window:
+            self._store.forget_idempotency_key(earlier.id)
+            return None
+        if self._store.request_hash(earlier.id) != fingerprint:
+            raise Conflict(
+                f"Idempotency-Key {key!r} was already used with a different request body "
+                f"(job {earlier.id}).",
+                code="idempotency_key_reused",
+            )
+        return earlier
+
+    def _create(self, command: SubmitCommand, fingerprint: str) -> Job:
+        """Nothing is stored or queued unless every check passes."""
+        self._quotas.check_rate(command.owner_id)
         spec = self._registry.get(command.model)
         params = self._resolve_params(spec, command.params)
         timeout = self._resolve_timeout(command.timeout_seconds)
+        ttl = self._resolve_ttl(command.ttl_seconds)
         if len(command.images) > spec.max_images:
             raise InvalidInput(
                 f"Model {spec.name} reads at most {spec.max_images} image(s) per job; "
@@ -79,24 +174,39 @@ class JobService:
                 "put the instructions in the user message.",
                 code="system_message_with_image",
             )
+        webhook_url = check_webhook_url(command.webhook, self._settings)
         validated = [validate_image(data, self._limits) for data in command.images]
-        self._store_images(validated)
-        job = self._store.insert(
-            NewJob(
-                id=new_job_id(),
-                owner_id=command.owner_id,
-                model=spec.name,
-                messages=command.messages,
-                images=tuple(v.ref for v in validated),
-                params=params,
-                price=spec.price,
-                timeout_seconds=timeout,
-                metadata=command.metadata,
-            ),
-            self._clock(),
+        estimate = self._estimator.estimate(
+            spec, command.messages, len(validated), params.max_tokens or 0
         )
+        # Quotas are checked under the key's lock, held until the job row exists.
+        with self._quotas.admit(command.owner_id, estimate.cost_max):
+            self._store_images(validated)
+            now = self._clock()
+            job = self._store.insert(
+                NewJob(
+                    id=new_job_id(),
+                    owner_id=command.owner_id,
+                    model=spec.name,
+                    messages=command.messages,
+                    images=tuple(v.ref for v in validated),
+                    params=params,
+                    price=spec.price,
+                    timeout_seconds=timeout,
+                    metadata=command.metadata,
+                    priority=command.priority,
+                    expires_at=None if ttl is None else now + timedelta(seconds=ttl),
+                    idempotency_key=command.idempotency_key,
+                    request_hash=fingerprint,
+                    estimated_prompt_tokens=estimate.prompt_tokens_max,
+                    estimated_cost_max=estimate.cost_max,
+                    webhook_url=webhook_url,
+                    webhook_events=command.webhook_events_filter,
+                ),
+                now,
+            )
         try:
-            self._queue.enqueue_inference(job.id)
+            self._queue.enqueue_inference(job.id, job.priority)
         except Unavailable:
             # Enqueue after commit failed: take the job back so the client never sees a job
             # that will not run. The content-addressed image may stay; it is shared and harmless.
@@ -107,6 +217,23 @@ class JobService:
     def get(self, job_id: str, owner_id: str) -> Job:
         return self._store.get_for_owner(job_id, owner_id)
 
+    def list_jobs(
+        self, owner_id: str, where: JobFilter, limit: int, after: Cursor | None
+    ) -> tuple[list[Job], bool]:
+        """A page of the owner's jobs, newest first, and whether more follow."""
+        found = self._store.list_for_owner(owner_id, where, limit + 1, after)
+        return found[:limit], len(found) > limit
+
+    def queue_info(self, job: Job) -> QueueInfo | None:
+        """Position and estimated start of a queued job (None once it left the queue)."""
+        if job.status is not JobStatus.QUEUED:
+            return None
+        ahead = self._store.queued_ahead(job)
+        finished = self._store.completed_since(self._clock() - THROUGHPUT_WINDOW)
+        rate = finished / THROUGHPUT_WINDOW.total_seconds()
+        eta = round(ahead / rate, 1) if rate > 0 else (0.0 if ahead == 0 else None)
+        return QueueInfo(position=ahead, estimated_start_seconds=eta)
+
     def cancel(self, job_id: str, owner_id: str) -> Job:
         """Cancel a job: a queued job never runs; a running one has its engine request aborted.
 
@@ -115,7 +242,9 @@ class JobService:
         job = self._store.get_for_owner(job_id, owner_id)
         for _ in range(3):  # the job may move between our read and our compare-and-set
             if job.status is JobStatus.QUEUED and self._store.cancel_queued(job_id, self._clock()):
-                return self._store.get(job_id)
+                canceled = self._store.get(job_id)
+                self._events.job_changed(canceled)
+                return canceled
             if job.status is JobStatus.RUNNING:
                 self._store.request_cancel(job_id, self._clock())
                 return self._store.get(job_id)
@@ -150,6 +279,15 @@ class JobService:
                 code="invalid_parameter",
             )
         return dataclasses.replace(params, max_tokens=max_tokens)
+
+    def _resolve_ttl(self, requested: int | None) -> int | None:
+        ttl = requested if requested is not None else self._settings.default_ttl_seconds
+        if ttl is not None and not 1 <= ttl <= self._settings.max_ttl_seconds:
+            raise InvalidInput(
+                f"ttl_seconds must be between 1 and {self._settings.max_ttl_seconds}.",
+                code="invalid_parameter",
+            )
+        return ttl
 
     def _resolve_timeout(self, requested: int | None) -> int:
         timeout = requested if requested is not None else self._settings.job_timeout_seconds

@@ -7,15 +7,18 @@ redelivered message, a duplicate worker or a racing cancel can never double-run 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, and_, delete, insert, or_, select, update
+from sqlalchemy import Engine, Text, and_, cast, delete, func, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql import ColumnElement
 
 from services.db.errors import translate_db_errors
 from services.db.schema import jobs
-from services.errors import NotFound
+from services.errors import Conflict, NotFound
 from services.jobs.models import (
     ImageRef,
     Job,
@@ -23,8 +26,29 @@ from services.jobs.models import (
     Message,
     NewJob,
     PriceCard,
+    Priority,
     SamplingParams,
 )
+from services.usage.ledger import is_billable, record_usage
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """What ``GET /v1/jobs`` may filter on; ``None`` or empty means no filter."""
+
+    statuses: tuple[JobStatus, ...] = ()
+    model: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Position after the last job of a page (newest first: created_at, then id, descending)."""
+
+    created_at: datetime
+    job_id: str
 
 
 class JobStore(Protocol):
@@ -68,13 +92,27 @@ class JobStore(Protocol):
         prompt_tokens: int | None,
         completion_tokens: int | None,
     ) -> bool: ...
+    def expire_queued(self, job_id: str, now: datetime) -> bool: ...
+    def overdue_queued(self, now: datetime, limit: int) -> list[str]: ...
+    def find_idempotent(self, owner_id: str, key: str) -> Job | None: ...
+    def forget_idempotency_key(self, job_id: str) -> None: ...
+    def request_hash(self, job_id: str) -> str | None: ...
+    def list_for_owner(
+        self, owner_id: str, where: JobFilter, limit: int, after: Cursor | None
+    ) -> list[Job]: ...
+    def queued_ahead(self, job: Job) -> int: ...
+    def completed_since(self, since: datetime) -> int: ...
+    def retention_due(self, cutoff: datetime, limit: int) -> list[Job]: ...
+    def image_in_use(self, image_key: str, excluding: Sequence[str]) -> bool: ...
+    def remove_data(self, job_id: str, now: datetime) -> bool: ...
 
 
 class SqlJobStore:
     """``JobStore`` over SQLAlchemy Core; works on SQLite and PostgreSQL."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, charge_failed_jobs: bool = True) -> None:
         self._engine = engine
+        self._charge_failed_jobs = charge_failed_jobs
 
     def insert(self, job: NewJob, now: datetime) -> Job:
         values = {
@@ -90,9 +128,26 @@ class SqlJobStore:
             "timeout_seconds": job.timeout_seconds,
             "attempts": 0,
             "created_at": now,
+            "priority": job.priority.value,
+            "expires_at": job.expires_at,
+            "idempotency_key": job.idempotency_key,
+            "request_hash": job.request_hash,
+            "estimated_prompt_tokens": job.estimated_prompt_tokens,
+            "estimated_cost_max": job.estimated_cost_max,
+            "webhook_url": job.webhook_url,
+            "webhook_events": list(job.webhook_events),
         }
-        with translate_db_errors(), self._engine.begin() as conn:
-            conn.execute(insert(jobs).values(**values))
+        try:
+            with translate_db_errors(), self._engine.begin() as conn:
+                conn.execute(insert(jobs).values(**values))
+        except IntegrityError as exc:
+            if job.idempotency_key is None:
+                raise
+            # Another request with the same Idempotency-Key committed first.
+            raise Conflict(
+                "A job with this Idempotency-Key was created concurrently.",
+                code="idempotency_key_in_use",
+            ) from exc
         return self.get(job.id)
 
     def get(self, job_id: str) -> Job:
@@ -117,9 +172,14 @@ class SqlJobStore:
         return result.rowcount == 1
 
     def claim(self, job_id: str, now: datetime, lease: timedelta) -> Job | None:
-        """queued → running (or take over a running job whose lease expired). None if not ours."""
+        """queued → running (or take over a running job whose lease expired). None if not ours.
+
+        A queued job past its TTL is never claimed: it is for ``expire_queued``."""
         claimable = or_(
-            jobs.c.status == JobStatus.QUEUED.value,
+            and_(
+                jobs.c.status == JobStatus.QUEUED.value,
+                or_(jobs.c.expires_at.is_(None), jobs.c.expires_at > now),
+            ),
             and_(jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at < now),
         )
         with translate_db_errors(), self._engine.begin() as conn:
@@ -196,33 +256,25 @@ class SqlJobStore:
 
     def cancel_queued(self, job_id: str, now: datetime) -> bool:
         """queued → canceled: the job will never run (its queue message is skipped)."""
-        with translate_db_errors(), self._engine.begin() as conn:
-            result = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
-                .values(
-                    status=JobStatus.CANCELED.value,
-                    completed_at=now,
-                    cancel_requested_at=now,
-                    error_code="canceled",
-                    error_message="The job was canceled before it started.",
-                )
-            )
-        return result.rowcount == 1
+        return self._update(
+            (jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value),
+            status=JobStatus.CANCELED.value,
+            completed_at=now,
+            cancel_requested_at=now,
+            error_code="canceled",
+            error_message="The job was canceled before it started.",
+        )
 
     def request_cancel(self, job_id: str, now: datetime) -> bool:
         """Flag a running job; the worker holding it aborts its engine request."""
-        with translate_db_errors(), self._engine.begin() as conn:
-            result = conn.execute(
-                update(jobs)
-                .where(
-                    jobs.c.id == job_id,
-                    jobs.c.status == JobStatus.RUNNING.value,
-                    jobs.c.cancel_requested_at.is_(None),
-                )
-                .values(cancel_requested_at=now)
-            )
-        return result.rowcount == 1
+        return self._update(
+            (
+                jobs.c.id == job_id,
+                jobs.c.status == JobStatus.RUNNING.value,
+                jobs.c.cancel_requested_at.is_(None),
+            ),
+            cancel_requested_at=now,
+        )
 
     def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
         if not job_ids:
@@ -256,8 +308,170 @@ class SqlJobStore:
             completion_tokens=completion_tokens,
         )
 
+    def expire_queued(self, job_id: str, now: datetime) -> bool:
+        """queued → expired when its TTL has passed: it never runs and is never charged."""
+        return self._update(
+            (
+                jobs.c.id == job_id,
+                jobs.c.status == JobStatus.QUEUED.value,
+                jobs.c.expires_at <= now,
+            ),
+            status=JobStatus.EXPIRED.value,
+            completed_at=now,
+            error_code="expired",
+            error_message="The job was not started before its ttl_seconds ran out.",
+        )
+
+    def overdue_queued(self, now: datetime, limit: int) -> list[str]:
+        """Ids of queued jobs whose TTL has passed (oldest deadline first)."""
+        with translate_db_errors(), self._engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs.c.id)
+                .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.expires_at <= now)
+                .order_by(jobs.c.expires_at)
+                .limit(limit)
+            )
+            return [row[0] for row in rows]
+
+    def find_idempotent(self, owner_id: str, key: str) -> Job | None:
+        with translate_db_errors(), self._engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(jobs).where(jobs.c.owner_id == owner_id, jobs.c.idempotency_key == key)
+                )
+                .mappings()
+                .first()
+            )
+        return None if row is None else _row_to_job(row)
+
+    def forget_idempotency_key(self, job_id: str) -> None:
+        """Free a key whose replay window has passed, so it can name a new job."""
+        self._update((jobs.c.id == job_id,), idempotency_key=None)
+
+    def request_hash(self, job_id: str) -> str | None:
+        with translate_db_errors(), self._engine.connect() as conn:
+            value = conn.execute(
+                select(jobs.c.request_hash).where(jobs.c.id == job_id)
+            ).scalar_one_or_none()
+        return None if value is None else str(value)
+
+    def list_for_owner(
+        self, owner_id: str, where: JobFilter, limit: int, after: Cursor | None
+    ) -> list[Job]:
+        """The owner's jobs, newest first, after ``after``; at most ``limit``."""
+        conditions = [jobs.c.owner_id == owner_id]
+        if where.statuses:
+            conditions.append(jobs.c.status.in_([s.value for s in where.statuses]))
+        if where.model is not None:
+            conditions.append(jobs.c.model == where.model)
+        if where.created_after is not None:
+            conditions.append(jobs.c.created_at >= where.created_after)
+        if where.created_before is not None:
+            conditions.append(jobs.c.created_at < where.created_before)
+        for key, value in where.metadata.items():
+            conditions.append(jobs.c.metadata[key].as_string() == value)
+        if after is not None:
+            conditions.append(
+                or_(
+                    jobs.c.created_at < after.created_at,
+                    and_(jobs.c.created_at == after.created_at, jobs.c.id < after.job_id),
+                )
+            )
+        with translate_db_errors(), self._engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs)
+                .where(*conditions)
+                .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+                .limit(limit)
+            ).mappings()
+            return [_row_to_job(row) for row in rows]
+
+    def queued_ahead(self, job: Job) -> int:
+        """Queued jobs a worker will take before ``job``: higher priority, or same and older."""
+        higher = [p.value for p in Priority if p.broker_priority < job.priority.broker_priority]
+        with translate_db_errors(), self._engine.connect() as conn:
+            count = conn.execute(
+                select(func.count())
+                .select_from(jobs)
+                .where(
+                    jobs.c.status == JobStatus.QUEUED.value,
+                    or_(
+                        jobs.c.priority.in_(higher),
+                        and_(
+                            jobs.c.priority == job.priority.value,
+                            jobs.c.created_at < job.created_at,
+                        ),
+                    ),
+                )
+            ).scalar_one()
+        return int(count)
+
+    def completed_since(self, since: datetime) -> int:
+        with translate_db_errors(), self._engine.connect() as conn:
+            count = conn.execute(
+                select(func.count()).select_from(jobs).where(jobs.c.completed_at >= since)
+            ).scalar_one()
+        return int(count)
+
+    def retention_due(self, cutoff: datetime, limit: int) -> list[Job]:
+        """Finished jobs older than ``cutoff`` whose data is still kept."""
+        with translate_db_errors(), self._engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs)
+                .where(jobs.c.completed_at < cutoff, jobs.c.data_removed_at.is_(None))
+                .order_by(jobs.c.completed_at)
+                .limit(limit)
+            ).mappings()
+            return [_row_to_job(row) for row in rows]
+
+    def image_in_use(self, image_key: str, excluding: Sequence[str]) -> bool:
+        """Whether a job outside ``excluding`` still keeps this (content-addressed) image.
+
+        A text match on the JSON column: retention runs rarely, in the background, so a scan of
+        the jobs that keep their data is an acceptable price for not keeping a reference table.
+        """
+        sha256 = image_key.rsplit("/", 1)[-1]
+        with translate_db_errors(), self._engine.connect() as conn:
+            found = conn.execute(
+                select(jobs.c.id)
+                .where(
+                    jobs.c.data_removed_at.is_(None),
+                    jobs.c.id.not_in(list(excluding)),
+                    cast(jobs.c.images, Text).like(f"%{sha256}%"),
+                )
+                .limit(1)
+            ).first()
+        return found is not None
+
+    def remove_data(self, job_id: str, now: datetime) -> bool:
+        """Clear a finished job's prompt and output; its usage and cost stay."""
+        return self._update(
+            (
+                jobs.c.id == job_id,
+                jobs.c.completed_at.is_not(None),
+                jobs.c.data_removed_at.is_(None),
+            ),
+            messages=[],
+            output_text=None,
+            data_removed_at=now,
+        )
+
+    def _update(self, where: tuple[ColumnElement[bool], ...], **values: Any) -> bool:
+        """One compare-and-set: True if exactly this job matched ``where`` and changed."""
+        with translate_db_errors(), self._engine.begin() as conn:
+            result = conn.execute(update(jobs).where(*where).values(**values))
+        return result.rowcount == 1
+
     def _transition(self, job_id: str, attempt: int, **values: Any) -> bool:
-        """Change a running job we hold (fenced by ``attempts``); False if someone else holds it."""
+        """Change a running job we hold (fenced by ``attempts``); False if someone else holds it.
+
+        A terminal change also writes the job's usage-ledger row in the same transaction.
+        """
+        status = JobStatus(values["status"])
+        if status.terminal:
+            values["billed"] = is_billable(
+                status, values.get("prompt_tokens"), self._charge_failed_jobs
+            )
         with translate_db_errors(), self._engine.begin() as conn:
             result = conn.execute(
                 update(jobs)
@@ -268,6 +482,8 @@ class SqlJobStore:
                 )
                 .values(**values)
             )
+            if result.rowcount == 1 and values.get("billed"):
+                record_usage(conn, job_id, values["completed_at"])
         return result.rowcount == 1
 
 
@@ -294,4 +510,13 @@ def _row_to_job(row: RowMapping) -> Job:
         error_message=row["error_message"],
         attempts=row["attempts"],
         cancel_requested_at=row["cancel_requested_at"],
+        priority=Priority(row["priority"]),
+        expires_at=row["expires_at"],
+        idempotency_key=row["idempotency_key"],
+        data_removed_at=row["data_removed_at"],
+        billed=row["billed"],
+        estimated_prompt_tokens=row["estimated_prompt_tokens"],
+        estimated_cost_max=row["estimated_cost_max"],
+        webhook_url=row["webhook_url"],
+        webhook_events=tuple(row["webhook_events"] or ("completed",)),
     )

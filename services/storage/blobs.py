@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 import boto3
@@ -21,13 +22,19 @@ class BlobStore(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
+    def modified_at(self, key: str) -> datetime | None: ...
+    def delete(self, key: str) -> None: ...
 
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
 
 class S3BlobStore:
-    """Content-addressed objects in one bucket. ``put`` of an existing key is a no-op."""
+    """Content-addressed objects in one bucket (the same bytes are stored once).
+
+    ``put`` always writes, even when the key exists: that refreshes the object's modification
+    time, which retention checks so it never deletes an image a job submitted a moment ago needs.
+    """
 
     def __init__(self, client: S3Client, bucket: str) -> None:
         self._client = client
@@ -53,8 +60,6 @@ class S3BlobStore:
         return cls(client, settings.s3_bucket)
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
-        if self.exists(key):
-            return
         md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
         try:
             self._client.put_object(
@@ -84,3 +89,20 @@ class S3BlobStore:
         except BotoCoreError as exc:
             raise Unavailable(f"object store unavailable: {exc}") from exc
         return True
+
+    def modified_at(self, key: str) -> datetime | None:
+        try:
+            head = self._client.head_object(Bucket=self._bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                return None
+            raise Unavailable(f"object store unavailable: {exc}") from exc
+        except BotoCoreError as exc:
+            raise Unavailable(f"object store unavailable: {exc}") from exc
+        return head["LastModified"]
+
+    def delete(self, key: str) -> None:
+        try:
+            self._client.delete_object(Bucket=self._bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise Unavailable(f"object store delete failed: {exc}") from exc

@@ -63,7 +63,7 @@ def make_env(
         "LOUPE_DATABASE_URL": f"sqlite:///{workdir / 'loupe.db'}",
         "LOUPE_BROKER_URL": f"redis://127.0.0.1:{redis_server.port}/{redis_db}",
         "LOUPE_S3_ENDPOINT_URL": s3_server.endpoint_url,
-        "LOUPE_S3_BUCKET": make_bucket(s3_server),
+        "LOUPE_S3_BUCKET": make_bucket(s3_server, keep=True),
         "LOUPE_S3_ACCESS_KEY_ID": s3_server.access_key_id,
         "LOUPE_S3_SECRET_ACCESS_KEY": s3_server.secret_access_key,
         "LOUPE_MODELS_DIR": str(models_dir),
@@ -98,23 +98,30 @@ def start_worker(env: dict[str, str], log: Path, name: str) -> Proc:
         "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle",
         "--loglevel", "INFO", "-n", f"{name}@%h",
     ]  # fmt: skip
-    proc = spawn(argv, process_env(env), log)
-    deadline = time.monotonic() + 240
+    return _wait_ready(spawn(argv, process_env(env), log), "worker", timeout=240)
+
+
+def _wait_ready(proc: Proc, what: str, timeout: float) -> Proc:
+    """Wait for a Celery worker's "ready." line; stop it and raise if it dies or never gets there."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if " ready." in proc.log_text():
             return proc
         if proc.process.poll() is not None:
             proc.stop()
-            raise RuntimeError(f"worker exited early:\n{proc.log_text()[-4000:]}")
+            raise RuntimeError(f"{what} exited early:\n{proc.log_text()[-4000:]}")
         time.sleep(0.2)
     proc.stop(signal.SIGKILL)
-    raise RuntimeError(f"worker did not start:\n{proc.log_text()[-4000:]}")
+    raise RuntimeError(f"{what} did not start:\n{proc.log_text()[-4000:]}")
 
 
-def start_api(env: dict[str, str], log: Path) -> tuple[Proc, str]:
+def start_api(env: dict[str, str], log: Path, *, workers: int = 2) -> tuple[Proc, str]:
+    """gunicorn gthread with ``LOUPE_API_THREADS`` threads per worker (the app sizes its
+    waiter cap from the same variable)."""
     port = free_port()
     argv = [
-        str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "2",
+        str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+        "--worker-class", "gthread", "--threads", env.get("LOUPE_API_THREADS", "32"),
         "services.api.wsgi:app",
     ]  # fmt: skip
     proc = spawn(argv, process_env(env), log)
@@ -161,3 +168,52 @@ def e2e_client(e2e_container: Container) -> Any:
 @pytest.fixture(scope="session")
 def e2e_key(e2e_container: Container) -> str:
     return e2e_container.keys.create("e2e", Role.USER, utcnow())[1]
+
+
+def start_webhook_worker(env: dict[str, str], log: Path, name: str) -> Proc:
+    """A Celery worker on the ``webhooks`` queue only (threads pool, no model loaded)."""
+    argv = [
+        str(BIN / "celery"), "-A", "workers.celery_app", "worker", "-Q", "webhooks",
+        "--pool", "threads", "--concurrency", env.get("LOUPE_WEBHOOK_CONCURRENCY", "8"),
+        "--without-gossip", "--without-mingle", "--loglevel", "INFO", "-n", f"{name}@%h",
+    ]  # fmt: skip
+    return _wait_ready(spawn(argv, process_env(env), log), "webhook worker", timeout=120)
+
+
+# --- admin monitoring (tests/e2e/test_admin_*): its own Redis database, API, no worker at first.
+ADMIN_REDIS_DB = 9
+ADMIN_HEARTBEAT_TTL_SECONDS = 3
+
+
+@pytest.fixture(scope="session")
+def admin_env(
+    redis_server: RedisServer, s3_server: S3Server, models_dir: Path, tmp_path_factory: Any
+) -> dict[str, str]:
+    """A stack whose workers beat every second with a short TTL, and an uncached /metrics."""
+    workdir = tmp_path_factory.mktemp("admin")
+    env = make_env(redis_server, s3_server, models_dir, workdir, ADMIN_REDIS_DB)
+    return env | {
+        "LOUPE_HEARTBEAT_SECONDS": "1",
+        "LOUPE_HEARTBEAT_TTL_SECONDS": str(ADMIN_HEARTBEAT_TTL_SECONDS),
+        "LOUPE_METRICS_CACHE_MS": "0",
+    }
+
+
+@pytest.fixture(scope="session")
+def admin_api(admin_env: dict[str, str], tmp_path_factory: Any) -> Iterator[str]:
+    """gunicorn (2 processes) serving the admin stack; yields its base URL."""
+    proc, url = start_api(admin_env, tmp_path_factory.mktemp("logs") / "admin-api.log")
+    yield url
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def admin_keys(admin_env: dict[str, str]) -> tuple[str, str]:
+    """(user key, admin key) of the admin stack."""
+    container = build_container(load_settings(admin_env))
+    try:
+        user = container.keys.create("admin-e2e-user", Role.USER, utcnow())[1]
+        admin = container.keys.create("admin-e2e-admin", Role.ADMIN, utcnow())[1]
+    finally:
+        container.close()
+    return user, admin

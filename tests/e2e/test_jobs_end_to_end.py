@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from services.jobs.models import JobStatus
-from services.jobs.queue import CeleryTaskQueue
+from services.jobs.queue import CeleryProducer
 from tests.conftest import auth
 from tests.e2e.conftest import start_api, start_worker
 from tests.helpers import chat_body, make_image
@@ -74,8 +74,8 @@ def test_e2e_duplicate_delivery_runs_model_once(worker, e2e_client, e2e_containe
         "/v1/jobs", json=chat_body(make_image(), max_tokens=4), headers=auth(e2e_key)
     )
     job_id = response.json["id"]
-    duplicate = CeleryTaskQueue(e2e_container.settings)
-    duplicate._app.send_task("loupe.inference.run", args=[job_id], queue="inference")
+    duplicate = CeleryProducer(e2e_container.settings)
+    duplicate.send("loupe.inference.run", [job_id], "inference")
     duplicate.close()
     wait_for(lambda: e2e_client.get(f"/v1/jobs/{job_id}", headers=auth(e2e_key)).json)
     deadline = time.monotonic() + 60

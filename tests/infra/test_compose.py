@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILES = sorted((REPO / "infra" / "docker").glob("Dockerfile.*"))
-APP_SERVICES = ("migrate", "api", "worker", "worker-cpu")
+APP_SERVICES = ("migrate", "api", "worker", "worker-cpu", "webhook-worker", "beat")
 _ENV_PREFIXES = ("LOUPE_", "POSTGRES_", "SEAWEEDFS_", "COMPOSE_", "DOCKER_")
 
 
@@ -221,3 +221,30 @@ def test_gpu_worker_image_is_vllm_0_10_2() -> None:
     text = (REPO / "infra" / "docker" / "Dockerfile.worker-gpu").read_text()
     assert re.search(r"^FROM vllm/vllm-openai:v0\.10\.2$", text, flags=re.MULTILINE)
     assert "ENTRYPOINT []" in text
+
+
+def test_compose_webhook_worker_runs_light_queues_without_a_gpu(tmp_path: Path) -> None:
+    hooks = _resolved(tmp_path)["services"]["webhook-worker"]
+    command = hooks["command"]
+    assert command[command.index("-Q") + 1] == "webhooks,maintenance"
+    assert command[command.index("--pool") + 1] == "threads"
+    assert command[command.index("--concurrency") + 1] == "8"
+    assert "deploy" not in hooks
+    assert hooks["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    gpu = _resolved(tmp_path)["services"]["worker"]["command"]
+    assert gpu[gpu.index("-Q") + 1] == "inference"
+
+
+def test_compose_runs_one_beat_for_the_sweeps(tmp_path: Path) -> None:
+    beat = _resolved(tmp_path)["services"]["beat"]
+    assert beat["command"][:4] == ["celery", "-A", "workers.celery_app", "beat"]
+    assert "deploy" not in beat
+
+
+def test_compose_api_runs_gthread_with_the_threads_the_app_caps_waiters_by(tmp_path: Path) -> None:
+    api = _resolved(tmp_path)["services"]["api"]
+    command = api["command"]
+    assert command[0] == "gunicorn"
+    assert command[command.index("--worker-class") + 1] == "gthread"
+    assert command[command.index("--threads") + 1] == "32"
+    assert api["environment"]["LOUPE_API_THREADS"] == "32"

@@ -38,6 +38,11 @@ _CHECK_ENV = (
     "assert os.environ['LOUPE_BROKER_URL'].startswith('redis://127.0.0.1:'); "
 )
 
+_CHECK_WEBHOOK_ENV = (
+    "assert os.environ['LOUPE_WEBHOOK_ALLOW_HTTP'] == 'true'; "
+    "assert os.environ['LOUPE_WEBHOOK_ALLOWED_NETWORKS'] == '127.0.0.0/8,::1/128'; "
+)
+
 
 def _fake_commands(tmp_path: Path, *, worker_script: str | None = None) -> StackCommands:
     www = tmp_path / "www"
@@ -52,6 +57,7 @@ def _fake_commands(tmp_path: Path, *, worker_script: str | None = None) -> Stack
         create_key=("{python}", "-c", "import sys; print('noise'); print('key-' + sys.argv[1] + '-' + sys.argv[2])", "{name}", "{role}"),
         api=("{python}", "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(www), "{port}"),
         worker=("{python}", "-c", _CHECK_ENV + worker),
+        webhook_worker=("{python}", "-c", _CHECK_ENV + _CHECK_WEBHOOK_ENV + "import time; print('loupe-webhooks@test ready.', flush=True); time.sleep(600)"),
     )  # fmt: skip
 
 

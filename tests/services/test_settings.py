@@ -50,3 +50,48 @@ def test_registry_ships_the_vllm_settings_for_llama_vision():
     assert small["limit_mm_per_prompt"] == {"image": 1}
     big = registry.get(LLAMA_90B).engine_args.to_vllm()
     assert (big["max_num_seqs"], big["tensor_parallel_size"], big["max_model_len"]) == (32, 4, 8192)
+
+
+def test_settings_price_overrides_inline_or_file(tmp_path):
+    from decimal import Decimal
+
+    text = '{"llama-3.2-90b-vision-instruct": {"input_per_million": "0.5", "per_image": 0.001}}'
+    inline = load_settings({"LOUPE_PRICE_OVERRIDES": text}).price_overrides
+    path = tmp_path / "prices.json"
+    path.write_text(text)
+    from_file = load_settings({"LOUPE_PRICE_OVERRIDES": str(path)}).price_overrides
+    assert inline == from_file
+    (override,) = inline
+    assert override.input_per_million == Decimal("0.5")
+    assert override.per_image == Decimal("0.001")  # parsed from the JSON text, not a float
+    assert override.output_per_million is None
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"LOUPE_PRICE_OVERRIDES": "{not json"},
+        {"LOUPE_PRICE_OVERRIDES": '["x"]'},
+        {"LOUPE_PRICE_OVERRIDES": '{"loupe-tiny-mllama": {"input_per_million": "-1"}}'},
+        {"LOUPE_PRICE_OVERRIDES": '{"loupe-tiny-mllama": {"input_per_million": "abc"}}'},
+        {"LOUPE_PRICE_OVERRIDES": '{"loupe-tiny-mllama": {"input_per_million": "NaN"}}'},
+        {"LOUPE_PRICE_OVERRIDES": '{"loupe-tiny-mllama": {"per_token": "1"}}'},
+        {"LOUPE_PRICE_OVERRIDES": '{"loupe-tiny-mllama": {"per_image": true}}'},
+        {"LOUPE_PRICE_OVERRIDES": '{"no-such-model": {"per_image": "1"}}'},
+        {"LOUPE_PRICE_OVERRIDES": "/nonexistent/prices.json"},
+        {"LOUPE_CHARGE_FAILED_JOBS": "maybe"},
+    ],
+)
+def test_settings_reject_bad_usage_values(env):
+    from services.models_registry import build_registry
+
+    with pytest.raises(ConfigurationError):
+        build_registry(load_settings(env))
+
+
+def test_settings_usage_defaults():
+    s = load_settings({"LOUPE_BROKER_URL": "redis://h:1/0"})
+    assert s.charge_failed_jobs is True and s.price_overrides == ()
+    assert s.redis_url == "redis://h:1/0"
+    s = load_settings({"LOUPE_REDIS_URL": "redis://q:2/3", "LOUPE_CHARGE_FAILED_JOBS": "false"})
+    assert s.redis_url == "redis://q:2/3" and s.charge_failed_jobs is False

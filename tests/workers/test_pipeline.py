@@ -85,6 +85,12 @@ class DictBlobs:
     def exists(self, key: str) -> bool:
         return key in self.objects
 
+    def modified_at(self, key: str) -> Any:
+        return NOW if key in self.objects else None
+
+    def delete(self, key: str) -> None:
+        self.objects.pop(key, None)
+
 
 @pytest.fixture
 def store(sqlite_url):
@@ -106,7 +112,7 @@ def _ctx(store, engine: FakeEngine, blobs: Any = None) -> WorkerContext:
     )
 
 
-def _queue_job(store, ctx: WorkerContext, timeout: int = 30) -> str:
+def _queue_job(store, ctx: WorkerContext, timeout: int = 30, **changes: Any) -> str:
     owner = SqlKeyStore(store._engine).create("o", Role.USER, NOW)[0].id
     data = make_image()
     ref = ImageRef("cd" * 32, "image/png", len(data), 64, 48)
@@ -123,6 +129,7 @@ def _queue_job(store, ctx: WorkerContext, timeout: int = 30) -> str:
             params=SamplingParams(max_tokens=4),
             price=PriceCard(),
             timeout_seconds=timeout,
+            **changes,
         ),
         NOW,
     )
@@ -215,7 +222,7 @@ def test_pipeline_timeout_aborts_engine_request(store):
     assert process_job(job_id, ctx) is Outcome.FAILED
     assert engine.aborted == [job_id]
     job = store.get(job_id)
-    assert job.error_code == "job_timeout"
+    assert job.error_code == "timeout"
     assert (job.prompt_tokens, job.completion_tokens) == (11, 2)
 
 
@@ -256,3 +263,34 @@ def test_pipeline_canceled_queued_job_never_runs(store):
     assert store.cancel_queued(job_id, NOW)
     assert process_job(job_id, ctx) is Outcome.SKIPPED
     assert engine.calls == []
+
+
+class RecordingEvents:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def job_changed(self, job: Any) -> None:
+        self.seen.append((job.id, job.status.value))
+
+
+def test_pipeline_announces_start_and_finish(store):
+    ctx = _ctx(store, FakeEngine())
+    ctx.events = events = RecordingEvents()
+    job_id = _queue_job(store, ctx)
+    assert process_job(job_id, ctx) is Outcome.SUCCEEDED
+    assert process_job(job_id, ctx) is Outcome.SKIPPED  # a duplicate announces nothing
+    assert events.seen == [(job_id, "running"), (job_id, "succeeded")]
+
+
+def test_pipeline_expired_job_never_runs_nor_charges(store):
+    engine = FakeEngine()
+    ctx = _ctx(store, engine)
+    ctx.events = events = RecordingEvents()
+    job_id = _queue_job(store, ctx, expires_at=NOW - timedelta(seconds=1))
+    assert process_job(job_id, ctx) is Outcome.EXPIRED
+    assert engine.calls == []
+    job = store.get(job_id)
+    assert job.status is JobStatus.EXPIRED and job.attempts == 0
+    assert job.prompt_tokens is None and job.completion_tokens is None
+    assert events.seen == [(job_id, "expired")]
+    assert process_job(job_id, ctx) is Outcome.SKIPPED

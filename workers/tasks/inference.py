@@ -8,6 +8,7 @@ from celery import Task, shared_task
 
 from services.jobs.queue import INFERENCE_TASK
 from workers.context import get_worker_context
+from workers.heartbeat import IN_FLIGHT
 from workers.pipeline import RetryLater, give_up, process_job
 
 
@@ -15,7 +16,8 @@ from workers.pipeline import RetryLater, give_up, process_job
 def run_inference(self: Task[Any, Any], job_id: str) -> str:
     ctx = get_worker_context(self.app.conf.loupe_settings)
     try:
-        return process_job(job_id, ctx).value
+        with IN_FLIGHT.track():  # slots_in_use in this worker's heartbeat
+            return process_job(job_id, ctx).value
     except RetryLater as exc:
         if self.request.retries >= (self.max_retries or 0):
             message = f"Gave up after {self.request.retries} retries: {exc}"

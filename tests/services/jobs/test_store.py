@@ -141,3 +141,106 @@ def test_store_timestamps_are_utc_aware(store, owner):
     job = store.claim("job_1", T0 + timedelta(seconds=2), LEASE)
     assert job.started_at == T0 + timedelta(seconds=2)
     assert job.started_at.tzinfo is not None
+
+
+# --- lifecycle controls: TTL, idempotency keys, listing, queue position, retention -------------
+
+
+def _insert(store, owner, job_id, at, **changes):
+    import dataclasses
+
+    return store.insert(dataclasses.replace(_new_job(owner, job_id), **changes), at)
+
+
+def test_store_expire_queued_only_after_deadline(store, owner):
+    _insert(store, owner, "job_t", T0, expires_at=T0 + timedelta(seconds=10))
+    assert not store.expire_queued("job_t", T0 + timedelta(seconds=9))
+    assert store.claim("job_t", T0 + timedelta(seconds=11), LEASE) is None  # never claimed late
+    assert store.overdue_queued(T0 + timedelta(seconds=11), 10) == ["job_t"]
+    assert store.expire_queued("job_t", T0 + timedelta(seconds=11))
+    job = store.get("job_t")
+    assert job.status is JobStatus.EXPIRED and job.started_at is None
+    assert job.error_code == "expired" and job.prompt_tokens is None
+    assert store.overdue_queued(T0 + timedelta(seconds=11), 10) == []
+
+
+def test_store_claim_before_deadline_wins_over_expiry(store, owner):
+    _insert(store, owner, "job_t", T0, expires_at=T0 + timedelta(seconds=10))
+    assert store.claim("job_t", T0 + timedelta(seconds=5), LEASE) is not None
+    assert not store.expire_queued("job_t", T0 + timedelta(seconds=11))
+
+
+def test_store_idempotency_key_is_unique_per_owner(store, owner, db):
+    from services.errors import Conflict
+
+    other = SqlKeyStore(db).create("other", Role.USER, T0)[0].id
+    _insert(store, owner, "job_a", T0, idempotency_key="k1", request_hash="h")
+    _insert(store, other, "job_b", T0, idempotency_key="k1", request_hash="h")  # other key: fine
+    with pytest.raises(Conflict) as info:
+        _insert(store, owner, "job_c", T0, idempotency_key="k1", request_hash="h")
+    assert info.value.code == "idempotency_key_in_use"
+    assert store.find_idempotent(owner, "k1").id == "job_a"
+    assert store.request_hash("job_a") == "h"
+    store.forget_idempotency_key("job_a")
+    assert store.find_idempotent(owner, "k1") is None
+    _insert(store, owner, "job_c", T0, idempotency_key="k1", request_hash="h2")
+
+
+def test_store_list_filters_and_pages_newest_first(store, owner, db):
+    from services.jobs.store import Cursor, JobFilter
+
+    other = SqlKeyStore(db).create("other", Role.USER, T0)[0].id
+    for i in range(7):
+        _insert(
+            store, owner, f"job_{i}", T0 + timedelta(seconds=i),
+            metadata={"customer": "acme" if i % 2 else "globex", "n": str(i)},
+        )  # fmt: skip
+    _insert(store, other, "job_x", T0)
+    store.claim("job_6", T0, LEASE)
+
+    everything = store.list_for_owner(owner, JobFilter(), 100, None)
+    assert [j.id for j in everything] == [f"job_{i}" for i in range(6, -1, -1)]
+
+    first = store.list_for_owner(owner, JobFilter(), 3, None)
+    cursor = Cursor(first[-1].created_at, first[-1].id)
+    second = store.list_for_owner(owner, JobFilter(), 3, cursor)
+    assert [j.id for j in first + second] == [f"job_{i}" for i in range(6, 0, -1)]
+
+    running = store.list_for_owner(owner, JobFilter(statuses=(JobStatus.RUNNING,)), 10, None)
+    assert [j.id for j in running] == ["job_6"]
+    acme = store.list_for_owner(owner, JobFilter(metadata={"customer": "acme"}), 10, None)
+    assert [j.id for j in acme] == ["job_5", "job_3", "job_1"]
+    window = JobFilter(created_after=T0 + timedelta(seconds=2), created_before=T0 + timedelta(4))
+    assert [j.id for j in store.list_for_owner(owner, window, 10, None)][-1] == "job_2"
+    assert store.list_for_owner(owner, JobFilter(model="other-model"), 10, None) == []
+
+
+def test_store_queued_ahead_counts_priority_then_age(store, owner):
+    from services.jobs.models import Priority
+
+    _insert(store, owner, "low_1", T0, priority=Priority.LOW)
+    _insert(store, owner, "norm_1", T0 + timedelta(seconds=1))
+    _insert(store, owner, "high_1", T0 + timedelta(seconds=2), priority=Priority.HIGH)
+    _insert(store, owner, "norm_2", T0 + timedelta(seconds=3))
+    assert store.queued_ahead(store.get("high_1")) == 0
+    assert store.queued_ahead(store.get("norm_1")) == 1
+    assert store.queued_ahead(store.get("norm_2")) == 2
+    assert store.queued_ahead(store.get("low_1")) == 3
+
+
+def test_store_retention_clears_data_but_keeps_usage(store, owner):
+    _insert(store, owner, "job_old", T0)
+    job = store.claim("job_old", T0, LEASE)
+    store.succeed("job_old", job.attempts, T0, text="hi", finish_reason="stop",
+                  prompt_tokens=5, completion_tokens=2)  # fmt: skip
+    _insert(store, owner, "job_new", T0)
+    assert [j.id for j in store.retention_due(T0 + timedelta(days=1), 10)] == ["job_old"]
+    key = _new_job(owner).images[0].key
+    assert store.image_in_use(key, ["job_old"])  # job_new (queued) keeps the same image
+    assert store.remove_data("job_old", T0 + timedelta(days=1))
+    assert not store.remove_data("job_old", T0 + timedelta(days=1))
+    gone = store.get("job_old")
+    assert gone.output_text is None and gone.messages == () and gone.data_removed_at is not None
+    assert gone.prompt_tokens == 5 and gone.completion_tokens == 2 and len(gone.images) == 1
+    assert store.retention_due(T0 + timedelta(days=1), 10) == []
+    assert not store.remove_data("job_new", T0)  # never a job that has not finished

@@ -1,0 +1,1 @@
+"""Admin monitoring: queue depth, workers online, job counts and throughput (read-only)."""

@@ -1,0 +1,86 @@
+"""Webhook endpoints: the key's signing secret, rotation, a job's delivery log, redelivery."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from services.api.auth import authenticate_request, container, current_key
+from services.errors import Unavailable
+from services.webhooks.models import DeliveryAttempt, WebhookSecret
+from services.webhooks.service import EventLog, WebhookService
+
+bp = Blueprint("webhooks", __name__, url_prefix="/v1")
+bp.before_request(authenticate_request)
+
+
+def _service() -> WebhookService:
+    service = container().webhooks
+    if service is None:
+        raise Unavailable("webhooks are not configured")
+    return service
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def _secret_json(secret: WebhookSecret) -> dict[str, Any]:
+    return {
+        "object": "webhook_secret",
+        "secret": secret.secret,
+        "created_at": _ts(secret.created_at),
+        # Still signing (second signature) until previous_secret_expires_at.
+        "previous_secret": secret.previous_secret,
+        "previous_secret_expires_at": _ts(secret.previous_expires_at),
+    }
+
+
+def _attempt_json(attempt: DeliveryAttempt) -> dict[str, Any]:
+    return {
+        "attempt": attempt.attempt,
+        "attempted_at": _ts(attempt.attempted_at),
+        "completed_at": _ts(attempt.completed_at),
+        "http_status": attempt.http_status,
+        "latency_ms": attempt.latency_ms,
+        "error": attempt.error,
+        "response_body": attempt.response_body,
+    }
+
+
+def _event_json(log: EventLog) -> dict[str, Any]:
+    event = log.event
+    return {
+        "id": event.id,
+        "object": "webhook_event",
+        "type": event.type.value,
+        "url": event.url,
+        "status": event.state.value,
+        "created_at": _ts(event.created_at),
+        "next_attempt_at": _ts(event.next_attempt_at),
+        "finished_at": _ts(event.finished_at),
+        "attempts": [_attempt_json(a) for a in log.attempts],
+    }
+
+
+@bp.get("/webhook-secret")
+def get_secret() -> Response:
+    return jsonify(_secret_json(_service().secret(current_key().id)))
+
+
+@bp.post("/webhook-secret/rotate")
+def rotate_secret() -> Response:
+    return jsonify(_secret_json(_service().rotate(current_key().id)))
+
+
+@bp.get("/jobs/<job_id>/webhook-deliveries")
+def list_deliveries(job_id: str) -> Response:
+    logs = _service().deliveries(job_id, current_key().id)
+    return jsonify({"object": "list", "data": [_event_json(log) for log in logs]})
+
+
+@bp.post("/jobs/<job_id>/webhook-deliveries/redeliver")
+def redeliver(job_id: str) -> tuple[Response, int]:
+    return jsonify(_event_json(_service().redeliver(job_id, current_key().id))), 202

@@ -1,0 +1,266 @@
+"""Per-key quotas, enforced at submit before anything is stored.
+
+- requests per minute → 429 ``rate_limited`` with ``Retry-After`` (seconds left in the minute).
+  Counted in Redis, atomically, so every API process shares the count (see ``RedisRateLimiter``).
+- max queued jobs → 429 ``too_many_queued_jobs``.
+- max running jobs → 429 ``too_many_running_jobs``. It bites at submit, counting the key's
+  running jobs: a key already at its concurrency gets no new work until one finishes. The worker
+  does not defer instead: a deferred job would have to go back to the broker (reordering the
+  queue, spending retries) while it sat in a GPU slot's place.
+- monthly spend cap (USD) → 402 ``spend_limit_reached``. The check counts the ledger's cost
+  billed this UTC month, plus the estimated maximum of the key's queued and running jobs, plus
+  this job's maximum, so a burst of submissions cannot overshoot the cap.
+
+The count-then-insert of the last three runs under a per-key Redis lock held until the job row
+is inserted, so concurrent submissions of one key (on any API process) cannot race past a limit.
+Keys without those limits take no lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+import redis
+from sqlalchemy import Engine, delete, func, insert, select, update
+
+from services.db.errors import translate_db_errors
+from services.db.schema import api_keys, jobs, key_quotas
+from services.errors import NotFound, PaymentRequired, QuotaExceeded, Unavailable
+from services.jobs.models import JobStatus
+from services.usage.ledger import SqlUsageLedger
+from services.usage.pricing import money_str
+
+BUSY_RETRY_AFTER = 10  # seconds: a guess at how soon a queued or running job frees a slot
+LOCK_TIMEOUT = 30  # seconds a crashed API process can hold a key's lock at worst
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A key's limits; None means unlimited."""
+
+    monthly_spend_usd: Decimal | None = None
+    max_queued: int | None = None
+    max_running: int | None = None
+    requests_per_minute: int | None = None
+
+    @property
+    def counts_jobs(self) -> bool:
+        return (
+            self.monthly_spend_usd is not None
+            or self.max_queued is not None
+            or self.max_running is not None
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        spend = self.monthly_spend_usd
+        return {
+            "monthly_spend_usd": None if spend is None else money_str(spend),
+            "max_queued": self.max_queued,
+            "max_running": self.max_running,
+            "requests_per_minute": self.requests_per_minute,
+        }
+
+
+class SqlQuotaStore:
+    """``key_quotas`` rows; a key without a row is unlimited."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def get(self, key_id: str) -> Quota:
+        with translate_db_errors(), self._engine.connect() as conn:
+            row = (
+                conn.execute(select(key_quotas).where(key_quotas.c.key_id == key_id))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            return Quota()
+        return Quota(
+            monthly_spend_usd=row["monthly_spend_usd"],
+            max_queued=row["max_queued"],
+            max_running=row["max_running"],
+            requests_per_minute=row["requests_per_minute"],
+        )
+
+    def update(self, key_id: str, now: datetime, **changes: Any) -> Quota:
+        """Set the given fields (None = unlimited), keep the others; 404 for an unknown key."""
+        with translate_db_errors(), self._engine.begin() as conn:
+            if conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id)).first() is None:
+                raise NotFound(f"No API key {key_id!r}.", code="key_not_found")
+            exists = conn.execute(
+                select(key_quotas.c.key_id).where(key_quotas.c.key_id == key_id)
+            ).first()
+            if exists is None:
+                quota = replace(Quota(), **changes)
+                conn.execute(
+                    insert(key_quotas).values(key_id=key_id, updated_at=now, **quota.__dict__)
+                )
+            else:
+                conn.execute(
+                    update(key_quotas)
+                    .where(key_quotas.c.key_id == key_id)
+                    .values(updated_at=now, **changes)
+                )
+        return self.get(key_id)
+
+    def clear(self, key_id: str) -> None:
+        with translate_db_errors(), self._engine.begin() as conn:
+            conn.execute(delete(key_quotas).where(key_quotas.c.key_id == key_id))
+
+
+class QuotaGate(Protocol):
+    def check_rate(self, owner_id: str) -> None:
+        """Count one request against the key's per-minute limit; raise 429 when over."""
+        ...
+
+    def admit(self, owner_id: str, cost_max: Decimal) -> AbstractContextManager[None]:
+        """Check the job-count and spend limits for a new job that may cost up to ``cost_max``;
+        raise 402/429 when over. Store the job inside the context: it holds the key's lock."""
+        ...
+
+
+class NoQuotas:
+    """No limits (unit tests and tools)."""
+
+    def check_rate(self, owner_id: str) -> None:
+        return None
+
+    def admit(self, owner_id: str, cost_max: Decimal) -> AbstractContextManager[None]:
+        return nullcontext()
+
+
+# Fixed one-minute windows on the Redis server's clock (the same for every API process).
+# INCR and EXPIRE run in one script, so no crash can leave a counter without its expiry.
+_RATE_SCRIPT = """
+local now = redis.call('TIME')
+local second = tonumber(now[1])
+local key = KEYS[1] .. ':' .. math.floor(second / 60)
+local count = redis.call('INCR', key)
+if count == 1 then redis.call('EXPIRE', key, 120) end
+return {count, 60 - (second % 60)}
+"""
+
+
+class RedisRateLimiter:
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._script = client.register_script(_RATE_SCRIPT)
+
+    def hit(self, key_id: str, limit: int) -> int | None:
+        """Count a request; None if within ``limit`` this minute, else seconds to wait."""
+        try:
+            count, retry_after = self._script(keys=[f"loupe:rate:{key_id}"])
+        except redis.RedisError as exc:
+            raise Unavailable(f"rate limiter unavailable: {exc}") from exc
+        return None if int(count) <= limit else max(1, int(retry_after))
+
+
+class QuotaEnforcer:
+    """The real ``QuotaGate``: quotas from SQL, rate counts and per-key locks in Redis."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        redis_client: redis.Redis,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._engine = engine
+        self._redis = redis_client
+        self._clock = clock
+        self._quotas = SqlQuotaStore(engine)
+        self._ledger = SqlUsageLedger(engine)
+        self._limiter = RedisRateLimiter(redis_client)
+
+    def check_rate(self, owner_id: str) -> None:
+        limit = self._quotas.get(owner_id).requests_per_minute
+        if limit is None:
+            return
+        retry_after = self._limiter.hit(owner_id, limit)
+        if retry_after is not None:
+            raise QuotaExceeded(
+                f"Rate limit of {limit} requests per minute reached; retry in {retry_after} s.",
+                code="rate_limited",
+                retry_after=retry_after,
+            )
+
+    def admit(self, owner_id: str, cost_max: Decimal) -> AbstractContextManager[None]:
+        quota = self._quotas.get(owner_id)
+        if not quota.counts_jobs:
+            return nullcontext()
+        return self._admit_locked(owner_id, quota, cost_max)
+
+    @contextmanager
+    def _admit_locked(self, owner_id: str, quota: Quota, cost_max: Decimal) -> Iterator[None]:
+        lock = self._redis.lock(
+            f"loupe:quota-lock:{owner_id}", timeout=LOCK_TIMEOUT, blocking_timeout=10
+        )
+        try:
+            acquired = lock.acquire()
+        except redis.RedisError as exc:
+            raise Unavailable(f"quota lock unavailable: {exc}") from exc
+        if not acquired:
+            raise QuotaExceeded(
+                "Too many concurrent submissions for this key; retry shortly.",
+                code="too_many_concurrent_requests",
+                retry_after=1,
+            )
+        try:
+            self._check(owner_id, quota, cost_max)
+            yield
+        finally:
+            # Expired or Redis gone: the lock times out by itself.
+            with suppress(redis.RedisError):
+                lock.release()
+
+    def _check(self, owner_id: str, quota: Quota, cost_max: Decimal) -> None:
+        queued, running, reserved = self._active(owner_id)
+        if quota.max_queued is not None and queued >= quota.max_queued:
+            raise QuotaExceeded(
+                f"This key has {queued} queued jobs, its limit is {quota.max_queued}; "
+                "retry when some have started.",
+                code="too_many_queued_jobs",
+                retry_after=BUSY_RETRY_AFTER,
+            )
+        if quota.max_running is not None and running >= quota.max_running:
+            raise QuotaExceeded(
+                f"This key has {running} running jobs, its limit is {quota.max_running}; "
+                "retry when one has finished.",
+                code="too_many_running_jobs",
+                retry_after=BUSY_RETRY_AFTER,
+            )
+        cap = quota.monthly_spend_usd
+        if cap is None:
+            return
+        # Ledger read after the jobs read: a job finishing in between is counted twice
+        # (as reserved and as billed), never zero times.
+        spent = self._ledger.spent_since(owner_id, _month_start(self._clock()))
+        if spent + reserved + cost_max > cap:
+            raise PaymentRequired(
+                f"Monthly spend cap of ${money_str(cap)} reached: ${money_str(spent)} billed "
+                f"this month, ${money_str(reserved)} reserved by queued or running jobs, and "
+                f"this job may cost up to ${money_str(cost_max)}.",
+            )
+
+    def _active(self, owner_id: str) -> tuple[int, int, Decimal]:
+        """(queued jobs, running jobs, sum of their estimated maximum costs) of a key."""
+        active = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+        with translate_db_errors(), self._engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs.c.status, func.count(), func.sum(jobs.c.estimated_cost_max))
+                .where(jobs.c.owner_id == owner_id, jobs.c.status.in_(active))
+                .group_by(jobs.c.status)
+            ).all()
+        counts = {row[0]: int(row[1]) for row in rows}
+        reserved = sum((row[2] or Decimal(0) for row in rows), Decimal(0))
+        return counts.get("queued", 0), counts.get("running", 0), reserved
+
+
+def _month_start(now: datetime) -> date:
+    return now.date().replace(day=1)

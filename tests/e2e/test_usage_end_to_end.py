@@ -1,0 +1,74 @@
+"""Billing through the real stack: API → Redis → Celery worker → ledger, redelivery included."""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from services.api.app import create_app
+from services.auth.keys import Role
+from services.container import build_container, utcnow
+from services.db.schema import usage_ledger
+from services.jobs.queue import CeleryTaskQueue
+from services.models_registry import TINY_MODEL
+from services.settings import load_settings
+from tests.conftest import auth
+from tests.e2e.test_jobs_end_to_end import wait_for
+from tests.helpers import chat_body, make_image
+
+pytestmark = pytest.mark.e2e
+PRICES = {TINY_MODEL: {"input_per_million": "0.35", "output_per_million": "0.40",
+                       "per_image": "0.0005058"}}  # fmt: skip
+
+
+def _wait_log(worker: Any, text: str, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.log_text().count(text) >= count:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"worker never logged {text!r} {count} times")
+
+
+def test_e2e_job_is_billed_once_even_when_its_message_comes_again(worker, e2e_env):
+    # This API process has a price card for the tiny model; the worker has none. The job is
+    # billed from the card snapshotted at submit, whatever the worker's registry says.
+    env = e2e_env | {"LOUPE_PRICE_OVERRIDES": json.dumps(PRICES)}
+    container = build_container(load_settings(env))
+    try:
+        client = create_app(container=container).test_client()
+        key = container.keys.create("billing", Role.USER, utcnow())[1]
+        response = client.post(
+            "/v1/jobs", json=chat_body(make_image(50, 50), max_tokens=6), headers=auth(key)
+        )
+        assert response.status_code == 202, response.json
+        job_id = response.json["id"]
+        assert Decimal(response.json["estimated_cost"]["max"]) > 0
+        body = wait_for(lambda: client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json)
+        assert body["status"] == "succeeded", body
+        # The worker finished but (say) died before acking: the broker delivers it again, twice.
+        queue = CeleryTaskQueue(container.settings)
+        try:
+            queue.enqueue_inference(job_id)
+            queue.enqueue_inference(job_id)
+        finally:
+            queue.close()
+        _wait_log(worker, f"job {job_id}: duplicate message ignored", 2)
+        assert container.db_engine is not None
+        with container.db_engine.connect() as conn:
+            rows = conn.execute(
+                select(usage_ledger).where(usage_ledger.c.job_id == job_id)
+            ).mappings().all()  # fmt: skip
+        assert len(rows) == 1
+        cost = body["usage"]["cost"]
+        assert rows[0]["cost_total"] == Decimal(cost["total"]) > Decimal("0.0005058")
+        assert Decimal(cost["total"]) <= Decimal(body["estimated_cost"]["max"])
+        usage = client.get("/v1/usage", headers=auth(key)).json
+        assert usage["totals"]["jobs"] == 1 and usage["totals"]["cost"] == cost
+    finally:
+        container.close()

@@ -1,0 +1,208 @@
+"""/v1/admin/queues, /metrics and the /admin page, over the real Redis, SQLite and SeaweedFS."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.admin.heartbeats import RedisHeartbeats
+from services.admin.models import WorkerInfo
+from services.api.app import create_app
+from services.auth.keys import Role
+from services.container import build_container, utcnow
+from services.jobs.models import JobStatus
+from tests.conftest import auth, make_bucket, make_settings
+from tests.helpers import chat_body, make_image
+from tests.services.admin.jobrows import add_job
+
+
+@pytest.fixture
+def settings(sqlite_url, broker_url, s3_server, models_dir):
+    return make_settings(
+        database_url=sqlite_url, broker_url=broker_url, s3=s3_server,
+        bucket=make_bucket(s3_server), models_dir=models_dir, metrics_cache_ms=0,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def admin_key(container):
+    return container.keys.create("root", Role.ADMIN, utcnow())[1]
+
+
+def submit(client, key, n=1, **extra):
+    ids = []
+    for _ in range(n):
+        response = client.post("/v1/jobs", json=chat_body(make_image(), **extra), headers=auth(key))
+        assert response.status_code == 202, response.json
+        ids.append(response.json["id"])
+    return ids
+
+
+def beat(broker_url, pid=4242, slots=4):
+    now = utcnow()
+    beats = RedisHeartbeats.from_url(broker_url)
+    beats.beat(
+        WorkerInfo("gpu-7", pid, ("inference",), "transformers", "loupe-tiny-mllama", slots, 1,
+                   now, now),
+        ttl_seconds=30,
+    )  # fmt: skip
+    beats.close()
+
+
+def metric_samples(text):
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+@pytest.mark.parametrize(("key_name", "status", "code"), [
+    (None, 401, "missing_api_key"), ("user", 403, "admin_required"),
+])  # fmt: skip
+def test_admin_queues_without_admin_key_is_refused(client, user_key, key_name, status, code):
+    headers = auth(user_key) if key_name == "user" else {}
+    response = client.get("/v1/admin/queues", headers=headers)
+    assert response.status_code == status
+    assert response.json["error"]["code"] == code
+
+
+def test_admin_queues_reports_depth_age_jobs_workers_and_failures(
+    client, container, user_key, admin_key, broker_url
+):
+    submit(client, user_key, 2)
+    submit(client, user_key, 1, priority="high")
+    owner = container.keys.authenticate(user_key).id
+    engine = container.db_engine
+    now = utcnow()
+    add_job(engine, owner, created=now - timedelta(seconds=9), status="failed",
+            started=now - timedelta(seconds=8), completed=now - timedelta(seconds=2),
+            error_code="engine_error", error_message="CUDA out of memory")  # fmt: skip
+    beat(broker_url)
+
+    response = client.get("/v1/admin/queues", headers=auth(admin_key))
+
+    assert response.status_code == 200, response.json
+    body = response.json
+    assert [q["queue"] for q in body["queues"]] == ["inference", "webhooks", "maintenance"]
+    queue = body["queues"][0]
+    assert (queue["queue"], queue["depth"], queue["unacked"]) == ("inference", 3, 0)
+    by_priority = {p["priority"]: p for p in queue["priorities"]}
+    assert by_priority["high"]["depth"] == 1
+    assert by_priority["normal"] == {
+        "priority": "normal", "list": "inference:5", "depth": 2,
+        "oldest_age_seconds": by_priority["normal"]["oldest_age_seconds"],
+    }  # fmt: skip
+    assert by_priority["low"]["oldest_age_seconds"] is None
+    assert queue["oldest_age_seconds"] >= 0
+    assert body["jobs"]["by_status"][JobStatus.QUEUED] == 3
+    assert body["jobs"]["by_status"][JobStatus.FAILED] == 1
+    assert body["workers"]["online"] == 1
+    assert body["workers"]["items"][0]["id"] == "gpu-7:4242"
+    assert body["workers"]["items"][0]["slots"] == 4
+    assert body["throughput"]["1m"]["completed"] == 1
+    assert body["throughput"]["1m"]["run_seconds"]["p50"] == 6.0
+    assert body["recent_failures"][0]["error"] == {
+        "code": "engine_error", "message": "CUDA out of memory",
+    }  # fmt: skip
+
+
+def test_metrics_expose_queue_workers_and_job_families(client, container, user_key, broker_url):
+    submit(client, user_key, 2)
+    owner = container.keys.authenticate(user_key).id
+    now = utcnow()
+    add_job(container.db_engine, owner, created=now - timedelta(seconds=3), status="succeeded",
+            started=now - timedelta(seconds=2), completed=now, prompt_tokens=20,
+            completion_tokens=5)  # fmt: skip
+    beat(broker_url, slots=8)
+
+    response = client.get("/metrics")
+
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain; version=0.0.4")
+    samples = metric_samples(response.get_data(as_text=True))
+    q = (("priority", "normal"), ("queue", "inference"))
+    assert samples[("loupe_queue_depth", q)] == 2
+    assert samples[("loupe_queue_oldest_age_seconds", q)] >= 0
+    assert samples[("loupe_workers_online", ())] == 1
+    assert samples[("loupe_worker_slots", (("model", "loupe-tiny-mllama"),))] == 8
+    assert samples[("loupe_jobs_by_status", (("status", "queued"),))] == 2
+    model = ("model", "loupe-tiny-mllama")
+    assert samples[("loupe_jobs_total", (model, ("status", "succeeded")))] == 1
+    assert samples[("loupe_tokens_total", (("kind", "prompt"), model))] == 20
+    assert samples[("loupe_job_run_seconds_count", (model,))] == 1
+    assert samples[("loupe_job_run_seconds_bucket", (("le", "2.5"), model))] == 1
+    assert samples[("loupe_job_run_seconds_bucket", (("le", "1.0"), model))] == 0
+    assert samples[("loupe_cost_total", (("currency", "USD"), model))] > 0
+
+
+def test_metrics_with_token_setting_need_the_token(sqlite_url, broker_url, s3_server, models_dir):
+    settings = make_settings(
+        database_url=sqlite_url, broker_url=broker_url, s3=s3_server,
+        bucket=make_bucket(s3_server), models_dir=models_dir, metrics_token="s3cret",
+    )  # fmt: skip
+    container = build_container(settings)
+    try:
+        client = create_app(container=container).test_client()
+        assert client.get("/metrics").status_code == 401
+        wrong = client.get("/metrics", headers=auth("nope"))
+        assert wrong.status_code == 401
+        assert wrong.json["error"]["code"] == "invalid_metrics_token"
+        assert client.get("/metrics", headers=auth("s3cret")).status_code == 200
+    finally:
+        container.close()
+
+
+def test_metrics_when_redis_is_down_is_503(sqlite_url, s3_server, models_dir):
+    dead = "redis://127.0.0.1:1/0"
+    settings = make_settings(
+        database_url=sqlite_url, broker_url=dead, s3=s3_server,
+        bucket=make_bucket(s3_server), models_dir=models_dir,
+    )  # fmt: skip
+    container = build_container(settings)
+    try:
+        response = create_app(container=container).test_client().get("/metrics")
+        assert response.status_code == 503
+        assert response.json["error"]["code"] == "unavailable"
+    finally:
+        container.close()
+
+
+def test_admin_page_is_public_html_with_its_assets(client):
+    page = client.get("/admin")
+    assert page.status_code == 200
+    assert page.content_type.startswith("text/html")
+    html = page.get_data(as_text=True)
+    assert 'id="admin-key"' in html
+    assert "/v1/admin/queues" in html
+    script = client.get("/admin/static/dashboard.js")
+    assert script.status_code == 200
+    assert b"sessionStorage" in script.data
+    script.close()
+    style = client.get("/admin/static/dashboard.css")
+    assert style.status_code == 200
+    style.close()
+
+
+def test_admin_snapshot_is_cached_for_the_configured_time(
+    sqlite_url, broker_url, s3_server, models_dir
+):
+    settings = make_settings(
+        database_url=sqlite_url, broker_url=broker_url, s3=s3_server,
+        bucket=make_bucket(s3_server), models_dir=models_dir, metrics_cache_ms=60_000,
+    )  # fmt: skip
+    container = build_container(settings)
+    try:
+        client = create_app(container=container).test_client()
+        admin = container.keys.create("root", Role.ADMIN, utcnow())[1]
+        first = client.get("/v1/admin/queues", headers=auth(admin)).json
+        broker = redis.Redis.from_url(broker_url)
+        broker.lpush("inference:5", "x")
+        broker.close()
+        second = client.get("/v1/admin/queues", headers=auth(admin)).json
+        assert second == first
+    finally:
+        container.close()

@@ -1,0 +1,79 @@
+"""Expiry and retention sweeps against real SQLite and the real S3 server."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from services.container import utcnow
+from services.jobs.maintenance import expire_overdue, remove_old_data
+from services.jobs.models import JobStatus
+from tests.conftest import auth
+from tests.helpers import chat_body, make_image
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def job_changed(self, job) -> None:
+        self.seen.append((job.id, job.status.value))
+
+
+def _finish(container, job_id, at):
+    job = container.jobs.claim(job_id, at, timedelta(seconds=60))
+    assert container.jobs.succeed(
+        job_id, job.attempts, at, text="a cat", finish_reason="stop",
+        prompt_tokens=10, completion_tokens=3,
+    )  # fmt: skip
+
+
+def test_expire_overdue_expires_only_jobs_past_their_ttl(client, container, user_key):
+    short = client.post("/v1/jobs", json=chat_body(make_image(), ttl_seconds=5),
+                        headers=auth(user_key)).json["id"]  # fmt: skip
+    forever = client.post("/v1/jobs", json=chat_body(make_image()),
+                          headers=auth(user_key)).json["id"]  # fmt: skip
+    events = Recorder()
+    assert expire_overdue(container.jobs, events, utcnow()) == 0
+    later = utcnow() + timedelta(seconds=6)
+    assert expire_overdue(container.jobs, events, later) == 1
+    assert container.jobs.get(short).status is JobStatus.EXPIRED
+    assert container.jobs.get(forever).status is JobStatus.QUEUED
+    assert events.seen == [(short, "expired")]
+
+
+def test_retention_deletes_images_no_job_still_needs(client, container, user_key):
+    shared, own = make_image(64, 48), make_image(50, 50)
+    old_shared = client.post("/v1/jobs", json=chat_body(shared), headers=auth(user_key)).json
+    old_own = client.post("/v1/jobs", json=chat_body(own), headers=auth(user_key)).json
+    now = utcnow()
+    _finish(container, old_shared["id"], now)
+    _finish(container, old_own["id"], now)
+    fresh = client.post("/v1/jobs", json=chat_body(shared), headers=auth(user_key)).json
+
+    later = now + timedelta(days=31)
+    report = remove_old_data(container.jobs, container.blobs, later, timedelta(days=30))
+    assert report.jobs == 2 and report.images_deleted == 1
+    own_key = container.jobs.get(old_own["id"]).images[0].key
+    shared_key = container.jobs.get(fresh["id"]).images[0].key
+    assert not container.blobs.exists(own_key)
+    assert container.blobs.exists(shared_key)  # the queued job still needs it
+
+    body = client.get(f"/v1/jobs/{old_own['id']}", headers=auth(user_key)).json
+    assert body["data_removed"] is True and body["output"] is None
+    assert body["status"] == "succeeded"
+    assert body["usage"]["prompt_tokens"] == 10  # accounting stays
+    assert container.jobs.get(old_own["id"]).messages == ()
+    again = remove_old_data(container.jobs, container.blobs, later, timedelta(days=30))
+    assert again.jobs == 0
+
+
+def test_retention_keeps_an_image_stored_again_after_the_cutoff(client, container, user_key):
+    image = make_image(40, 40)
+    job = client.post("/v1/jobs", json=chat_body(image), headers=auth(user_key)).json
+    now = utcnow()
+    _finish(container, job["id"], now - timedelta(seconds=10))
+    # The job finished before the cutoff (now - 5 s) but its image object was written after it,
+    # as when a new job with the same image is being submitted: the image must stay.
+    report = remove_old_data(container.jobs, container.blobs, now, timedelta(seconds=5))
+    assert report.jobs == 1 and report.images_deleted == 0
+    assert container.blobs.exists(container.jobs.get(job["id"]).images[0].key)

@@ -1,0 +1,62 @@
+"""The up-front estimate: an upper bound of what the job can cost."""
+
+from __future__ import annotations
+
+import dataclasses
+from decimal import Decimal
+
+import pytest
+
+from services.jobs.models import ContentPart, Message
+from services.models_registry import LLAMA_90B, TINY_MODEL, TINY_VLLM_MODEL, build_registry
+from services.settings import Settings
+from services.usage.estimate import CostEstimator, TokenizerFileCounter
+from services.usage.pricing import price_job
+from workers.engines.tiny_mllama import build_tiny_mllama
+
+PROMPT = "Describe the picture in détail, please. 🙂"
+
+
+def _messages(text: str = PROMPT) -> tuple[Message, ...]:
+    return (Message("user", (ContentPart("image", image_index=0), ContentPart("text", text))),)
+
+
+def test_estimate_without_tokenizer_bounds_tokens_by_utf8_bytes():
+    spec = build_registry(Settings()).get(LLAMA_90B)  # weights are a hub id: no tokenizer here
+    estimate = CostEstimator(TokenizerFileCounter()).estimate(spec, _messages(), 1, 200)
+    assert estimate.counted_with == "utf8_bytes"
+    assert estimate.prompt_tokens_max == 64 + 8 + len(PROMPT.encode()) + 1  # + one <|image|>
+    assert estimate.cost_max == price_job(spec.price, estimate.prompt_tokens_max, 200, 1).total
+
+
+def test_estimate_counts_with_the_models_tokenizer_when_present(models_dir):
+    build_tiny_mllama(models_dir / "tiny-mllama")
+    registry = build_registry(Settings(models_dir=models_dir))
+    # Give the tiny model a price so the estimate is not zero.
+    spec = dataclasses.replace(registry.get(TINY_MODEL), price=registry.get(LLAMA_90B).price)
+    text = "word " * 200
+    estimate = CostEstimator(TokenizerFileCounter()).estimate(spec, _messages(text), 1, 10)
+    assert estimate.counted_with == "tokenizer"
+    by_bytes = CostEstimator().estimate(spec, _messages(text), 1, 10)
+    assert estimate.prompt_tokens_max < by_bytes.prompt_tokens_max
+    assert estimate.cost_max < by_bytes.cost_max
+
+
+def test_estimate_bounds_what_the_engine_counts(models_dir):
+    transformers = pytest.importorskip("transformers")
+    path = build_tiny_mllama(models_dir / "tiny-mllama")
+    spec = build_registry(Settings(models_dir=models_dir)).get(TINY_MODEL)
+    processor = transformers.AutoProcessor.from_pretrained(str(path))
+    for text in ("hi", PROMPT, "a much longer prompt, " * 50):
+        chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        prompt = processor.apply_chat_template(chat, add_generation_prompt=True)
+        actual = len(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        estimate = CostEstimator(TokenizerFileCounter()).estimate(spec, _messages(text), 1, 8)
+        assert actual <= estimate.prompt_tokens_max
+
+
+def test_estimate_unknown_image_size_takes_the_whole_context():
+    spec = build_registry(Settings()).get(TINY_VLLM_MODEL)
+    estimate = CostEstimator().estimate(spec, _messages(), 1, 8)
+    assert estimate.prompt_tokens_max == spec.context_length
+    assert estimate.cost_max == Decimal(0)  # the tiny model is free

@@ -1,0 +1,34 @@
+"""SqlWebhookStore pieces the other modules read: delivery outcomes for /metrics."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from services.container import utcnow
+from services.webhooks.models import AttemptResult, EventType, NewWebhookEvent
+from tests.conftest import auth
+from tests.helpers import chat_body, make_image
+
+
+def test_store_counts_attempt_outcomes(client, container, user_key):
+    store = container.webhook_store
+    assert store.attempt_outcomes() == {}
+    now = utcnow()
+    for n in range(2):
+        job_id = client.post("/v1/jobs", json=chat_body(make_image()), headers=auth(user_key)).json[
+            "id"
+        ]
+        store.insert_event(
+            NewWebhookEvent(
+                id=f"msg_{n}", job_id=job_id, owner_id="o", type=EventType.COMPLETED,
+                url="https://example.com/hook", payload={}, created_at=now,
+            )
+        )  # fmt: skip
+    stale = now - timedelta(minutes=5)
+    for attempt, status in ((1, 500), (2, 200)):
+        assert store.claim_attempt("msg_0", attempt, now, stale)
+        store.complete_attempt("msg_0", attempt, now, AttemptResult(status, 5))
+    store.claim_attempt("msg_1", 1, now, stale)
+    store.complete_attempt("msg_1", 1, now, AttemptResult(None, 10_000, error="timed out"))
+    store.claim_attempt("msg_1", 2, now, stale)  # a POST in progress
+    assert store.attempt_outcomes() == {"success": 1, "failure": 2, "in_flight": 1}

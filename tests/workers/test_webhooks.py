@@ -1,0 +1,422 @@
+"""Webhook delivery (workers/webhooks.py) against a real HTTP receiver on loopback and real SQL.
+
+The Celery queue is replaced by ``RecordingQueue`` (a fake of our ``WebhookQueue`` Protocol):
+``drain`` runs the recorded deliveries in order, so the retry schedule is checked from the
+countdowns it asked for instead of waiting for them. Every delivery is verified with the
+``standardwebhooks`` library.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from services.auth.keys import Role
+from services.container import build_container, utcnow
+from services.errors import Unavailable
+from services.jobs.models import (
+    ContentPart,
+    ImageRef,
+    JobStatus,
+    Message,
+    NewJob,
+    PriceCard,
+    SamplingParams,
+)
+from services.jobs.presenter import job_to_public
+from services.webhooks.models import EventState, new_secret
+from services.webhooks.verify import verify_delivery
+from tests.conftest import make_bucket, make_settings
+from tests.receiver import Receiver, running_receiver
+from workers.webhooks import DeliveryOutcome, WebhookContext, deliver
+
+SCHEDULE = (0.0, 5.0, 300.0, 1800.0)
+
+
+class RecordingQueue:
+    """Fake ``WebhookQueue``: records (event_id, attempt, countdown)."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, int, float]] = []
+        self.fail = False
+
+    def enqueue_delivery(self, event_id: str, attempt: int, countdown: float = 0) -> None:
+        if self.fail:
+            raise Unavailable("broker down")
+        self.messages.append((event_id, attempt, countdown))
+
+
+@pytest.fixture
+def receiver():
+    yield from running_receiver()
+
+
+@pytest.fixture
+def queue():
+    return RecordingQueue()
+
+
+@pytest.fixture
+def container(database_url, broker_url, s3_server, models_dir, queue):
+    settings = make_settings(
+        database_url=database_url,
+        broker_url=broker_url,
+        s3=s3_server,
+        bucket=make_bucket(s3_server),
+        models_dir=models_dir,
+        webhook_allowed_networks="127.0.0.0/8,::1/128",
+        webhook_allow_http="true",
+        webhook_retry_schedule=",".join(str(s) for s in SCHEDULE),
+    )
+    c = build_container(settings, webhook_queue=queue)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def ctx(container, queue):
+    # No jitter, so the countdowns asked for are exactly the schedule.
+    return WebhookContext(
+        settings=container.settings,
+        store=container.webhook_store,
+        queue=queue,
+        jitter=lambda delay: delay,
+    )
+
+
+@pytest.fixture
+def owner(container):
+    return container.keys.create("hooks", Role.USER, utcnow())[0].id
+
+
+def make_job(container, owner, url, events=("completed",)):
+    job_id = "job_" + str(time.monotonic_ns())
+    container.jobs.insert(
+        NewJob(
+            id=job_id,
+            owner_id=owner,
+            model="loupe-tiny-mllama",
+            messages=(Message("user", (ContentPart("text", "hi"),)),),
+            images=(ImageRef("ab" * 32, "image/png", 10, 8, 8),),
+            params=SamplingParams(max_tokens=4),
+            price=PriceCard(),
+            timeout_seconds=30,
+            webhook_url=url,
+            webhook_events=tuple(events),
+        ),
+        utcnow(),
+    )
+    return job_id
+
+
+def start(container, job_id):
+    job = container.jobs.claim(job_id, utcnow(), timedelta(seconds=60))
+    container.events.job_changed(job)
+    return job
+
+
+def succeed(container, job_id):
+    job = container.jobs.get(job_id)
+    assert container.jobs.succeed(
+        job_id, job.attempts, utcnow(), text="a cat", finish_reason="stop",
+        prompt_tokens=5, completion_tokens=2,
+    )  # fmt: skip
+    finished = container.jobs.get(job_id)
+    container.events.job_changed(finished)
+    return finished
+
+
+def drain(queue: RecordingQueue, ctx, limit: int = 20) -> list[tuple[str, int, float, Any]]:
+    """Run the recorded deliveries in order (ignoring countdowns); what each one did."""
+    ran = []
+    while queue.messages and len(ran) < limit:
+        event_id, attempt, countdown = queue.messages.pop(0)
+        ran.append((event_id, attempt, countdown, deliver(event_id, attempt, ctx)))
+    return ran
+
+
+def secret_of(container, owner):
+    return container.webhooks.secret(owner).secret
+
+
+def test_completed_event_is_signed_and_carries_the_polling_body(
+    container, ctx, queue, owner, receiver: Receiver
+):
+    job_id = make_job(container, owner, receiver.url)
+    start(container, job_id)
+    assert queue.messages == []  # "start" was not asked for
+    job = succeed(container, job_id)
+    ((event_id, attempt, countdown, outcome),) = drain(queue, ctx)
+    assert (attempt, countdown, outcome) == (1, 0.0, DeliveryOutcome.DELIVERED)
+
+    (request,) = receiver.requests
+    assert request.path == "/hooks/loupe"
+    assert request.headers["webhook-id"] == event_id
+    assert request.headers["content-type"] == "application/json"
+    payload = Webhook(secret_of(container, owner)).verify(request.body, request.headers)
+    assert payload["type"] == "job.completed"
+    assert payload["data"] == json.loads(json.dumps(job_to_public(job)))
+    assert payload["data"]["status"] == "succeeded"
+    assert verify_delivery(secret_of(container, owner), request.body, request.headers) == payload
+
+    (log,) = container.webhooks.deliveries(job_id, owner)
+    assert log.event.state is EventState.DELIVERED
+    (tried,) = log.attempts
+    assert tried.http_status == 200
+    assert tried.response_body == "answer 200"
+    assert tried.latency_ms is not None and tried.latency_ms >= 0
+    assert container.jobs.get(job_id).status is JobStatus.SUCCEEDED
+
+
+def test_tampered_body_and_old_timestamp_fail_verification(
+    container, ctx, queue, owner, receiver: Receiver
+):
+    job_id = make_job(container, owner, receiver.url)
+    start(container, job_id)
+    succeed(container, job_id)
+    drain(queue, ctx)
+    (request,) = receiver.requests
+    secret = secret_of(container, owner)
+    tampered = request.body.replace(b'"succeeded"', b'"failed"')
+    assert tampered != request.body
+    with pytest.raises(WebhookVerificationError):
+        verify_delivery(secret, tampered, request.headers)
+    # A replay with an old timestamp fails even when re-signed correctly for that timestamp.
+    old = datetime.now(UTC) - timedelta(minutes=10)
+    msg_id = request.headers["webhook-id"]
+    replay = {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(old.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, old, request.body.decode()),
+    }
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        verify_delivery(secret, request.body, replay)
+    with pytest.raises(WebhookVerificationError):
+        verify_delivery(new_secret(), request.body, request.headers)
+
+
+def test_500_twice_then_200_delivers_on_the_third_attempt_with_the_same_id(
+    container, ctx, queue, owner, receiver: Receiver
+):
+    receiver.answers = [500, (500, {}, "x" * 5000)]
+    job_id = make_job(container, owner, receiver.url)
+    start(container, job_id)
+    succeed(container, job_id)
+    ran = drain(queue, ctx)
+    assert [(a, c, o) for _, a, c, o in ran] == [
+        (1, 0.0, DeliveryOutcome.RETRY_SCHEDULED),
+        (2, 5.0, DeliveryOutcome.RETRY_SCHEDULED),
+        (3, 300.0, DeliveryOutcome.DELIVERED),
+    ]
+    assert len({r.headers["webhook-id"] for r in receiver.requests}) == 1
+    secret = secret_of(container, owner)
+    for request in receiver.requests:
+        Webhook(secret).verify(request.body, request.headers)
+    (log,) = container.webhooks.deliveries(job_id, owner)
+    assert [a.http_status for a in log.attempts] == [500, 500, 200]
+    assert len(log.attempts[1].response_body) == 1024  # the first 1 KB only
+    assert log.event.state is EventState.DELIVERED
+
+
+def test_receiver_down_for_a_while_gets_the_event_when_back(
+    container, ctx, queue, owner, receiver: Receiver
+):
+    job_id = make_job(container, owner, receiver.url)
+    start(container, job_id)
+    receiver.stop()
+    succeed(container, job_id)
+    first = drain(queue, ctx, limit=2)
+    assert [o for *_, o in first] == [DeliveryOutcome.RETRY_SCHEDULED] * 2
+    receiver.start()  # same port
+    rest = drain(queue, ctx)
+    assert [o for *_, o in rest] == [DeliveryOutcome.DELIVERED]
+    (log,) = container.webhooks.deliveries(job_id, owner)
+    assert [a.http_status for a in log.attempts] == [None, None, 200]
+    assert "NewConnectionError" in log.attempts[0].error or "refused" in log.attempts[0].error
+    (request,) = receiver.requests
+    Webhook(secret_of(container, owner)).verify(request.body, request.headers)
+
+
+def test_schedule_used_up_fails_the_event_but_never_the_job(
+    container, ctx, queue, owner, receiver: Receiver
+):
+    receiver.default = 502
+    job_id = make_job(container, owner, receiver.url)
+    start(container, job_id)
+    succeed(container, job_id)
+    ran = drain(queue, ctx)
+    assert len(ran) == len(SCHEDULE)
+    assert ran[-1][3] is DeliveryOutcome.FAILED
+    assert queue.messages == []
+    (log,) = container.webhooks.deliveries(job_id, owner)
+    assert log.event.state is EventState.FAILED
+    assert container.jobs.get(job_id).status is JobStatus.SUCCEEDED
+
+
+def test_410_stops_retries(container, ctx, queue, owner, receiver: Receiver):
+    receiver.answers = [410]
+    job_id = make_job(container, owner, receiver.url)
+    start(container, job_id)
+    succeed(container, job_id)
+    ran = drain(queue, ctx)
+    assert [o for *_, o in ran] == [DeliveryOutcome.FAILED]
+    assert queue.messages == []
+    assert len(receiver.requests) == 1
+    (log,) = container.webhooks.deliveries(job_id, owner)
+    assert log.event.state is EventState.FAILED
+    assert [a.http_status for a in log.attempts] == [410]
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_is_honoured(container, ctx, queue, owner, receiver: Receiver, status):
+    receiver.answers = [(status, {"Retry-After": "42"}, "slow down")]
+    job_id = make_job(container, owner, receiver.url)
+    start(container, job_id)
+    succeed(container, job_id)
+    ran = drain(queue, ctx)
+    assert [(a, c) for _, a, c, _ in ran] == [(1, 0.0), (2, 42.0)]
+    assert ran[-1][3] is DeliveryOutcome.DELIVERED
+
+
+def test_start_and_completed_arrive_in_order(container, ctx, queue, owner, receiver: Receiver):
+    receiver.answers = [500]  # the start event's first attempt fails
+    job_id = make_job(container, owner, receiver.url, events=("start", "completed"))
+    start(container, job_id)
+    succeed(container, job_id)
+    (start_id, _, _), (done_id, _, _) = queue.messages
+    assert deliver(start_id, 1, ctx) is DeliveryOutcome.RETRY_SCHEDULED
+    # completed must wait while started is still pending: no attempt, re-enqueued for later.
+    assert deliver(done_id, 1, ctx) is DeliveryOutcome.WAITING
+    assert len(receiver.requests) == 1
+    assert container.webhook_store.last_attempt_number(done_id) == 0
+    ran = drain(queue, ctx)
+    assert {(e, o) for e, _, _, o in ran} >= {
+        (start_id, DeliveryOutcome.DELIVERED),
+        (done_id, DeliveryOutcome.DELIVERED),
+    }
+    types = [json.loads(r.body)["type"] for r in receiver.requests]
+    assert types == ["job.started", "job.started", "job.completed"]
+    started = json.loads(receiver.requests[0].body)["data"]
+    assert started["status"] == "running"
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [start_id, start_id, done_id]
+
+
+def test_redelivered_start_creates_no_second_event(container, ctx, queue, owner, receiver):
+    job_id = make_job(container, owner, receiver.url, events=("start",))
+    job = start(container, job_id)
+    drain(queue, ctx)
+    container.events.job_changed(job)  # the same change announced again
+    assert queue.messages == []
+    assert len(container.webhooks.deliveries(job_id, owner)) == 1
+    succeed(container, job_id)  # "completed" not asked for
+    assert queue.messages == []
+    assert len(receiver.requests) == 1
+
+
+def test_duplicate_message_posts_once(container, ctx, queue, owner, receiver: Receiver):
+    job_id = make_job(container, owner, receiver.url)
+    start(container, job_id)
+    succeed(container, job_id)
+    ((event_id, attempt, _),) = queue.messages
+    assert deliver(event_id, attempt, ctx) is DeliveryOutcome.DELIVERED
+    assert deliver(event_id, attempt, ctx) is DeliveryOutcome.SKIPPED
+    assert len(receiver.requests) == 1
+
+
+def test_rotation_overlap_keeps_old_secret_consumers_verifying(
+    container, ctx, queue, owner, receiver: Receiver
+):
+    old = secret_of(container, owner)
+    new = container.webhooks.rotate(owner).secret
+    job_id = make_job(container, owner, receiver.url)
+    start(container, job_id)
+    succeed(container, job_id)
+    drain(queue, ctx)
+    (request,) = receiver.requests
+    assert len(request.headers["webhook-signature"].split(" ")) == 2
+    assert verify_delivery(old, request.body, request.headers)["type"] == "job.completed"
+    assert verify_delivery(new, request.body, request.headers)["type"] == "job.completed"
+
+    # After the overlap only the new secret signs.
+    now = utcnow()
+    container.webhook_store.rotate_secret(owner, new, now, now - timedelta(seconds=1))
+    assert container.webhooks.redeliver(job_id, owner).event.state is EventState.PENDING
+    drain(queue, ctx)
+    later = receiver.requests[1]
+    assert later.headers["webhook-id"] == request.headers["webhook-id"]
+    assert len(later.headers["webhook-signature"].split(" ")) == 1
+    verify_delivery(new, later.body, later.headers)
+    with pytest.raises(WebhookVerificationError):
+        verify_delivery(old, later.body, later.headers)
+
+
+def test_redeliver_is_a_new_attempt_with_the_same_webhook_id(
+    container, ctx, queue, owner, receiver: Receiver
+):
+    job_id = make_job(container, owner, receiver.url)
+    start(container, job_id)
+    succeed(container, job_id)
+    drain(queue, ctx)
+    log = container.webhooks.redeliver(job_id, owner)
+    assert queue.messages == [(log.event.id, 2, 0)]
+    drain(queue, ctx)
+    first, second = receiver.requests
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == log.event.id
+    assert first.body == second.body
+    (log,) = container.webhooks.deliveries(job_id, owner)
+    assert [a.attempt for a in log.attempts] == [1, 2]
+    assert log.event.state is EventState.DELIVERED
+
+
+def test_connect_time_check_refuses_a_host_that_now_resolves_inside(
+    container, ctx, queue, owner, receiver: Receiver
+):
+    # Accepted at submit (public answer), rebinds to loopback before delivery: refused,
+    # nothing is sent. The allowlist is dropped so loopback is forbidden again.
+    strict = make_settings(
+        database_url=container.settings.database_url,
+        broker_url=container.settings.broker_url,
+        s3=_S3(container.settings),
+        bucket=container.settings.s3_bucket,
+        models_dir=container.settings.models_dir,
+        webhook_allow_http="true",
+        webhook_retry_schedule="0",
+    )
+    job_id = make_job(container, owner, f"http://rebind.example:{receiver.port}/x")
+    start(container, job_id)
+    succeed(container, job_id)
+    rebinding = WebhookContext(
+        settings=strict,
+        store=container.webhook_store,
+        queue=queue,
+        resolver=lambda host, port: ["127.0.0.1"],
+    )
+    ((event_id, attempt, _),) = queue.messages
+    assert deliver(event_id, attempt, rebinding) is DeliveryOutcome.FAILED
+    assert receiver.requests == []
+    (log,) = container.webhooks.deliveries(job_id, owner)
+    assert "loopback" in log.attempts[0].error
+
+
+class _S3:
+    """The S3 part of ``make_settings`` from existing settings."""
+
+    def __init__(self, settings):
+        self.endpoint_url = settings.s3_endpoint_url
+        self.access_key_id = settings.s3_access_key_id
+        self.secret_access_key = settings.s3_secret_access_key
+
+
+def test_broker_down_at_event_time_never_changes_the_job(container, queue, owner, receiver):
+    queue.fail = True
+    job_id = make_job(container, owner, receiver.url, events=("start", "completed"))
+    start(container, job_id)  # FanOutJobEvents logs the sink failure and carries on
+    finished = succeed(container, job_id)
+    assert finished.status is JobStatus.SUCCEEDED
+    assert container.jobs.get(job_id).status is JobStatus.SUCCEEDED

@@ -1,0 +1,45 @@
+"""Thin periodic task shells (scheduled by Celery beat): expiry, retention and webhook sweeps."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from celery import Task, shared_task
+
+from services.jobs.maintenance import expire_overdue, remove_old_data
+from services.webhooks.sweep import requeue_overdue
+from workers.context import get_worker_context
+
+EXPIRE_TASK = "loupe.maintenance.expire_overdue"
+RETENTION_TASK = "loupe.maintenance.remove_old_data"
+WEBHOOK_SWEEP_TASK = "loupe.maintenance.requeue_overdue_webhooks"
+# An attempt this late lost its message (its worker died, or the broker was down); longer than
+# a POST's timeout plus the stale-claim margin, so a slow attempt is never taken for lost.
+WEBHOOK_GRACE = timedelta(minutes=5)
+
+
+@shared_task(name=EXPIRE_TASK, bind=True, ignore_result=True)
+def expire_overdue_jobs(self: Task[Any, Any]) -> int:
+    ctx = get_worker_context(self.app.conf.loupe_settings)
+    return expire_overdue(ctx.store, ctx.events, ctx.clock())
+
+
+@shared_task(name=RETENTION_TASK, bind=True, ignore_result=True)
+def remove_old_job_data(self: Task[Any, Any]) -> int:
+    ctx = get_worker_context(self.app.conf.loupe_settings)
+    if ctx.settings.retention_seconds == 0:
+        return 0  # keep everything
+    retention = timedelta(seconds=ctx.settings.retention_seconds)
+    return remove_old_data(ctx.store, ctx.blobs, ctx.clock(), retention).jobs
+
+
+@shared_task(name=WEBHOOK_SWEEP_TASK, bind=True, ignore_result=True)
+def requeue_overdue_webhooks(self: Task[Any, Any]) -> int:
+    ctx = get_worker_context(self.app.conf.loupe_settings)
+    container = ctx.container
+    if container is None or container.webhook_store is None or container.webhook_queue is None:
+        return 0
+    return requeue_overdue(
+        container.webhook_store, container.webhook_queue, ctx.clock(), WEBHOOK_GRACE
+    )

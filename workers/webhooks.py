@@ -1,0 +1,204 @@
+"""Webhook delivery in plain Python (no Celery here): sign, POST, record, decide what next.
+
+``deliver(event_id, attempt, ctx)`` makes attempt number ``attempt`` of one event:
+
+1. An event no longer pending (delivered, failed) is left alone: the message is stale.
+2. Order: a ``job.completed`` waits while the same job's ``job.started`` is still pending.
+   It is re-enqueued (not attempted) for when the start event's next attempt is due (at most
+   ``ORDER_RECHECK_MAX_S`` later), and the start event wakes it up the moment it is delivered
+   or given up. So a consumer never sees completed before started.
+3. The attempt is claimed by inserting its row in the delivery log (a duplicated message loses
+   the claim and does nothing), signed with the key's secret(s) and POSTed (10 s timeout).
+4. 2xx: delivered. 410 Gone: failed, no more retries. Otherwise the next attempt is enqueued
+   after the next delay of ``LOUPE_WEBHOOK_RETRY_SCHEDULE`` (±20 % jitter), or after the
+   receiver's ``Retry-After`` on 429/503; when the schedule is used up, failed.
+
+Nothing here touches the job: a webhook failure never changes a job's status.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from services.container import Container, build_container, utcnow
+from services.errors import NotFound
+from services.settings import Settings
+from services.webhooks.models import AttemptResult, EventState, EventType, WebhookEvent
+from services.webhooks.queue import WebhookQueue
+from services.webhooks.service import get_or_create_secret
+from services.webhooks.signing import signature_headers
+from services.webhooks.ssrf import Resolver, system_resolver
+from services.webhooks.store import WebhookStore
+from workers.webhook_sender import post_webhook
+
+log = logging.getLogger("loupe.webhooks")
+
+ORDER_RECHECK_MAX_S = 60.0
+"""Longest a waiting completed event sleeps before it looks at its start event again."""
+JITTER = 0.2
+RETRY_AFTER_MAX_S = 86400.0
+STALE_CLAIM_MARGIN_S = 60.0
+"""A claimed attempt older than the POST timeout plus this belongs to a dead worker."""
+
+
+class DeliveryOutcome(enum.StrEnum):
+    DELIVERED = "delivered"
+    RETRY_SCHEDULED = "retry_scheduled"
+    FAILED = "failed"  # gave up: 410, or the schedule is used up
+    WAITING = "waiting"  # an earlier event of the same job is not finished yet
+    SKIPPED = "skipped"  # stale or duplicate message
+
+
+@dataclass
+class WebhookContext:
+    settings: Settings
+    store: WebhookStore
+    queue: WebhookQueue
+    clock: Callable[[], datetime] = utcnow
+    resolver: Resolver = system_resolver
+    jitter: Callable[[float], float] = field(
+        default=lambda delay: delay * random.uniform(1 - JITTER, 1 + JITTER)
+    )
+    container: Container | None = None
+
+    def close(self) -> None:
+        if self.container is not None:
+            self.container.close()
+
+
+def deliver(event_id: str, attempt: int, ctx: WebhookContext) -> DeliveryOutcome:
+    """Make attempt ``attempt`` of event ``event_id``. Safe to call twice with the same args."""
+    try:
+        event = ctx.store.get_event(event_id)
+    except NotFound:
+        log.warning("webhook event %s does not exist; dropping the message", event_id)
+        return DeliveryOutcome.SKIPPED
+    if event.state is not EventState.PENDING:
+        return DeliveryOutcome.SKIPPED
+    blocker = _pending_predecessor(event, ctx)
+    if blocker is not None:
+        _wait_for(event, attempt, blocker, ctx)
+        return DeliveryOutcome.WAITING
+    now = ctx.clock()
+    stale = now - timedelta(seconds=ctx.settings.webhook_timeout_seconds + STALE_CLAIM_MARGIN_S)
+    if not ctx.store.claim_attempt(event.id, attempt, now, stale):
+        log.info("webhook %s attempt %d: duplicate message ignored", event.id, attempt)
+        return DeliveryOutcome.SKIPPED
+    result = _post(event, ctx, now)
+    ctx.store.complete_attempt(event.id, attempt, ctx.clock(), result)
+    log.info(
+        "webhook %s (%s, job %s) attempt %d: %s",
+        event.id, event.type.value, event.job_id, attempt, result.http_status or result.error,
+    )  # fmt: skip
+    return _decide(event, attempt, result, ctx)
+
+
+def _post(event: WebhookEvent, ctx: WebhookContext, now: datetime) -> AttemptResult:
+    secret = get_or_create_secret(ctx.store, event.owner_id, now)
+    # Compact and key-ordered as stored: every attempt of an event sends the same bytes.
+    body = json.dumps(event.payload, separators=(",", ":"), ensure_ascii=False)
+    headers = signature_headers(secret.signing_secrets(now), event.id, now, body)
+    return post_webhook(event.url, body.encode(), headers, ctx.settings, ctx.resolver)
+
+
+def _decide(
+    event: WebhookEvent, attempt: int, result: AttemptResult, ctx: WebhookContext
+) -> DeliveryOutcome:
+    if result.delivered:
+        _finish(event, EventState.DELIVERED, ctx)
+        return DeliveryOutcome.DELIVERED
+    if result.http_status == 410:
+        log.info("webhook %s: receiver answered 410 Gone; no more retries", event.id)
+        _finish(event, EventState.FAILED, ctx)
+        return DeliveryOutcome.FAILED
+    delay = next_delay(ctx.settings.webhook_retry_schedule, attempt - event.run_first_attempt + 1)
+    if delay is None:
+        log.warning("webhook %s: giving up after attempt %d", event.id, attempt)
+        _finish(event, EventState.FAILED, ctx)
+        return DeliveryOutcome.FAILED
+    delay = ctx.jitter(delay)
+    if result.http_status in (429, 503) and result.retry_after_seconds is not None:
+        delay = min(result.retry_after_seconds, RETRY_AFTER_MAX_S)
+    ctx.store.schedule_next(event.id, ctx.clock() + timedelta(seconds=delay))
+    ctx.queue.enqueue_delivery(event.id, attempt + 1, countdown=delay)
+    return DeliveryOutcome.RETRY_SCHEDULED
+
+
+def next_delay(schedule: tuple[float, ...], attempts_made: int) -> float | None:
+    """Seconds before the next attempt after ``attempts_made`` attempts of a run, or None when
+    the schedule is used up. ``schedule[i]`` is the wait before attempt ``i + 1``."""
+    if attempts_made >= len(schedule):
+        return None
+    return schedule[attempts_made]
+
+
+def _finish(event: WebhookEvent, state: EventState, ctx: WebhookContext) -> None:
+    ctx.store.finish_event(event.id, state, ctx.clock())
+    # Wake the job's later events that wait for this one (see ``_wait_for``).
+    for later in ctx.store.events_for_job(event.job_id):
+        if later.type.rank > event.type.rank and later.state is EventState.PENDING:
+            next_attempt = ctx.store.last_attempt_number(later.id) + 1
+            ctx.queue.enqueue_delivery(later.id, next_attempt)
+
+
+def _pending_predecessor(event: WebhookEvent, ctx: WebhookContext) -> WebhookEvent | None:
+    if event.type is EventType.STARTED:
+        return None
+    for earlier in ctx.store.events_for_job(event.job_id):
+        if earlier.type.rank < event.type.rank and earlier.state is EventState.PENDING:
+            return earlier
+    return None
+
+
+def _wait_for(
+    event: WebhookEvent, attempt: int, blocker: WebhookEvent, ctx: WebhookContext
+) -> None:
+    """Re-enqueue ``event`` for when ``blocker`` is due again. ``_finish`` of the blocker also
+    wakes it; this recheck covers a wake-up that raced with our look at the blocker."""
+    due = blocker.next_attempt_at or ctx.clock()
+    wait = (due - ctx.clock()).total_seconds() + 1
+    ctx.queue.enqueue_delivery(
+        event.id, attempt, countdown=min(max(wait, 1.0), ORDER_RECHECK_MAX_S)
+    )
+
+
+# --------------------------------------------------------------------------- process context
+
+_context: WebhookContext | None = None
+_context_lock = threading.Lock()
+
+
+def build_webhook_context(settings: Settings) -> WebhookContext:
+    container = build_container(settings)
+    assert container.webhook_store is not None
+    assert container.webhook_queue is not None
+    return WebhookContext(
+        settings=settings,
+        store=container.webhook_store,
+        queue=container.webhook_queue,
+        container=container,
+    )
+
+
+def get_webhook_context(settings: Settings) -> WebhookContext:
+    """The process-wide delivery context (no engines, no model: the webhooks worker is light)."""
+    global _context
+    with _context_lock:
+        if _context is None:
+            _context = build_webhook_context(settings)
+        return _context
+
+
+def close_webhook_context() -> None:
+    global _context
+    with _context_lock:
+        if _context is not None:
+            _context.close()
+            _context = None
