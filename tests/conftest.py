@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import boto3
 import pytest
 import redis
+from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import create_engine, text
 
 from infra.localstack.servers import RedisServer, S3Server, start_redis, start_seaweed
@@ -86,14 +88,14 @@ def _drop_bucket(s3: S3Server, name: str) -> None:
     if not s3.process.alive():
         return
     client = _s3_client(s3)
+    # Best effort: a bucket left behind only costs a volume slot until the session ends.
     try:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-            if keys:
-                client.delete_objects(Bucket=name, Delete={"Objects": keys})
-        client.delete_bucket(Bucket=name)
-    except Exception:  # noqa: BLE001 best-effort clean-up; the session's server goes away anyway
-        pass
+        with contextlib.suppress(BotoCoreError, ClientError):
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if keys:
+                    client.delete_objects(Bucket=name, Delete={"Objects": keys})
+            client.delete_bucket(Bucket=name)
     finally:
         client.close()
 

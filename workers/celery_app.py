@@ -55,6 +55,11 @@ def make_celery(settings: Settings) -> Celery:
                 "schedule": 60.0,
                 "options": {"expires": 60.0},
             },
+            "requeue-lost-jobs": {
+                "task": "loupe.maintenance.requeue_lost_jobs",
+                "schedule": 60.0,
+                "options": {"expires": 60.0},
+            },
             "remove-old-job-data": {
                 "task": "loupe.maintenance.remove_old_data",
                 "schedule": float(settings.retention_sweep_seconds),

@@ -5,6 +5,10 @@
 - ``remove_old_data``: after the retention period, a finished job's images are deleted from the
   object store (unless another job still keeps the same content-addressed image) and its prompt
   and output are cleared. Usage and cost stay: they are accounting, not user data.
+- ``requeue_lost``: a queued job whose message the broker no longer holds is published again.
+  The API commits a job, then publishes its message; a process killed in between, or a broker
+  that lost its data (Redis restarted without persistence), leaves a job no worker will ever
+  see. Publishing again is safe: a worker's claim runs a job once, whatever the duplicates.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from services.jobs.events import JobEvents
+from services.jobs.queue import QueuedMessages, TaskQueue
 from services.jobs.store import JobStore
 from services.storage.blobs import BlobStore
 
@@ -59,3 +64,29 @@ def remove_old_data(
     if cleared:
         log.info("retention: cleared %d job(s), deleted %d image(s)", cleared, deleted)
     return RetentionReport(jobs=cleared, images_deleted=deleted)
+
+
+def requeue_lost(
+    store: JobStore,
+    broker: QueuedMessages,
+    queue: TaskQueue,
+    queue_name: str,
+    now: datetime,
+    grace: timedelta,
+    limit: int = 1000,
+) -> int:
+    """Publish again the queued jobs older than ``grace`` that the broker holds no message for.
+
+    ``grace`` covers the moment between the API's commit and its publish. The broker is read
+    only when some job has been queued that long, so a healthy, drained system costs one
+    indexed query.
+    """
+    stale = store.queued_since_before(now - grace, limit)
+    if not stale:
+        return 0
+    held = broker.job_ids(queue_name)
+    lost = [(job_id, priority) for job_id, priority in stale if job_id not in held]
+    for job_id, priority in lost:
+        queue.enqueue_inference(job_id, priority)
+        log.warning("job %s: queued with no message in the broker; published it again", job_id)
+    return len(lost)

@@ -6,7 +6,10 @@ Celery is imported lazily: importing ``services`` must not pull in Celery.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
+
+import redis
 
 from services.errors import Unavailable
 from services.jobs.models import BROKER_PRIORITY_STEPS, Priority
@@ -34,6 +37,62 @@ def priority_queue_names(queue: str) -> dict[Priority, str]:
         p: queue if p.broker_priority == 0 else f"{queue}{PRIORITY_SEP}{p.broker_priority}"
         for p in Priority
     }
+
+
+# kombu's Redis transport moves a delivered message from its list to this hash (delivery tag →
+# ``[message, exchange, routing_key]``) until the worker acks it; countdown retries wait there too.
+UNACKED_KEY = "unacked"
+SCAN_CHUNK = 500
+
+
+class QueuedMessages(Protocol):
+    def job_ids(self, queue: str) -> set[str]: ...
+
+
+class RedisQueuedMessages:
+    """The job ids the broker holds for ``queue``: messages waiting in its priority lists, plus
+    those delivered and not yet acknowledged. A message's task id is its job id (see
+    :meth:`CeleryTaskQueue.enqueue_inference`), read from the kombu envelope's headers."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisQueuedMessages:
+        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5))
+
+    def job_ids(self, queue: str) -> set[str]:
+        try:
+            found: set[str] = set()
+            for list_name in priority_queue_names(queue).values():
+                start = 0
+                while chunk := self._redis.lrange(list_name, start, start + SCAN_CHUNK - 1):
+                    found.update(_task_id(raw) for raw in chunk)
+                    start += SCAN_CHUNK
+            for raw in self._redis.hvals(UNACKED_KEY):
+                found.add(_unacked_task_id(raw, queue))
+        except redis.RedisError as exc:
+            raise Unavailable(f"broker unavailable: {exc}") from exc
+        found.discard("")
+        return found
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def _task_id(raw: bytes | str) -> str:
+    try:
+        return str(json.loads(raw)["headers"]["id"])
+    except (ValueError, TypeError, KeyError):
+        return ""  # not a Celery message: nothing of ours
+
+
+def _unacked_task_id(raw: bytes | str, queue: str) -> str:
+    try:
+        message, _exchange, routing_key = json.loads(raw)
+        return str(message["headers"]["id"]) if routing_key == queue else ""
+    except (ValueError, TypeError, KeyError):
+        return ""
 
 
 class TaskQueue(Protocol):

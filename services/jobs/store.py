@@ -94,6 +94,7 @@ class JobStore(Protocol):
     ) -> bool: ...
     def expire_queued(self, job_id: str, now: datetime) -> bool: ...
     def overdue_queued(self, now: datetime, limit: int) -> list[str]: ...
+    def queued_since_before(self, cutoff: datetime, limit: int) -> list[tuple[str, Priority]]: ...
     def find_idempotent(self, owner_id: str, key: str) -> Job | None: ...
     def forget_idempotency_key(self, job_id: str) -> None: ...
     def request_hash(self, job_id: str) -> str | None: ...
@@ -332,6 +333,17 @@ class SqlJobStore:
                 .limit(limit)
             )
             return [row[0] for row in rows]
+
+    def queued_since_before(self, cutoff: datetime, limit: int) -> list[tuple[str, Priority]]:
+        """(id, priority) of jobs created before ``cutoff`` and still queued, oldest first."""
+        with translate_db_errors(), self._engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.priority)
+                .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.created_at < cutoff)
+                .order_by(jobs.c.created_at)
+                .limit(limit)
+            )
+            return [(row[0], Priority(row[1])) for row in rows]
 
     def find_idempotent(self, owner_id: str, key: str) -> Job | None:
         with translate_db_errors(), self._engine.connect() as conn:

@@ -91,9 +91,11 @@ def process_env(env: dict[str, str]) -> dict[str, str]:
     return keep | env | extra
 
 
-def start_worker(env: dict[str, str], log: Path, name: str) -> Proc:
+def start_worker(
+    env: dict[str, str], log: Path, name: str, *, app: str = "workers.celery_app"
+) -> Proc:
     argv = [
-        str(BIN / "celery"), "-A", "workers.celery_app", "worker", "-Q", "inference",
+        str(BIN / "celery"), "-A", app, "worker", "-Q", "inference",
         "--pool", "threads", "--concurrency", env["LOUPE_WORKER_CONCURRENCY"],
         "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle",
         "--loglevel", "INFO", "-n", f"{name}@%h",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from decimal import Decimal
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import select
 
 from services.api.app import create_app
@@ -18,6 +20,7 @@ from services.jobs.queue import CeleryTaskQueue
 from services.models_registry import TINY_MODEL
 from services.settings import load_settings
 from tests.conftest import auth
+from tests.e2e.conftest import make_env, start_worker
 from tests.e2e.test_jobs_end_to_end import wait_for
 from tests.helpers import chat_body, make_image
 
@@ -33,6 +36,14 @@ def _wait_log(worker: Any, text: str, count: int, timeout: float = 120) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"worker never logged {text!r} {count} times")
+
+
+def _until(predicate: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.2)
 
 
 def test_e2e_job_is_billed_once_even_when_its_message_comes_again(worker, e2e_env):
@@ -72,3 +83,56 @@ def test_e2e_job_is_billed_once_even_when_its_message_comes_again(worker, e2e_en
         assert usage["totals"]["jobs"] == 1 and usage["totals"]["cost"] == cost
     finally:
         container.close()
+
+
+def test_e2e_worker_killed_after_the_model_before_the_ack_bills_once(
+    redis_server, s3_server, models_dir, tmp_path
+):
+    # A real SIGKILL between "job finished and billed" and "message acked": the broker keeps the
+    # message unacked and, after the visibility timeout, a second worker gets it again.
+    env = make_env(redis_server, s3_server, models_dir, tmp_path, redis_db=4) | {
+        "LOUPE_PRICE_OVERRIDES": json.dumps(PRICES),
+        "LOUPE_JOB_TIMEOUT_SECONDS": "2",
+        "LOUPE_MAX_JOB_TIMEOUT_SECONDS": "2",
+        "LOUPE_VISIBILITY_TIMEOUT_SECONDS": "3",
+    }
+    broker = redis.Redis.from_url(env["LOUPE_BROKER_URL"])
+    broker.flushdb()
+    container = build_container(load_settings(env))
+    crashing = start_worker(env, tmp_path / "crashing.log", "crashing",
+                            app="tests.e2e.crashing_worker")  # fmt: skip
+    survivor = None
+    try:
+        client = create_app(container=container).test_client()
+        key = container.keys.create("crash", Role.USER, utcnow())[1]
+        response = client.post(
+            "/v1/jobs", json=chat_body(make_image(40, 40), max_tokens=4), headers=auth(key)
+        )
+        assert response.status_code == 202, response.json
+        job_id = response.json["id"]
+        _until(lambda: crashing.process.poll() is not None, 120)
+        assert crashing.process.returncode == -signal.SIGKILL
+        assert "SIGKILL before ack" in crashing.log_text()
+        body = client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json
+        assert body["status"] == "succeeded", body
+        assert broker.hlen("unacked") == 1  # finished, billed, and still owed to the broker
+
+        survivor = start_worker(env, tmp_path / "survivor.log", "survivor")
+        _wait_log(survivor, f"job {job_id}: duplicate message ignored", 1, timeout=90)
+        _until(lambda: broker.hlen("unacked") == 0, 30)
+        assert container.db_engine is not None
+        with container.db_engine.connect() as conn:
+            rows = conn.execute(
+                select(usage_ledger).where(usage_ledger.c.job_id == job_id)
+            ).mappings().all()  # fmt: skip
+        assert len(rows) == 1
+        assert rows[0]["cost_total"] == Decimal(body["usage"]["cost"]["total"]) > 0
+        again = client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json
+        assert again["usage"] == body["usage"] and again["completed_at"] == body["completed_at"]
+        assert client.get("/v1/usage", headers=auth(key)).json["totals"]["jobs"] == 1
+    finally:
+        crashing.stop()
+        if survivor is not None:
+            survivor.stop()
+        container.close()
+        broker.close()

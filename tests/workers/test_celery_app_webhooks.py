@@ -1,11 +1,20 @@
-"""The Celery app knows the webhook task and routes it to its own queue."""
+"""The Celery app knows its webhook and maintenance tasks and routes them to their queues."""
 
 from __future__ import annotations
 
-from services.jobs.queue import INFERENCE_TASK
+from datetime import timedelta
+
+import redis
+
+from services.jobs.queue import INFERENCE_TASK, RedisQueuedMessages
 from services.settings import load_settings
 from services.webhooks.queue import DELIVER_TASK
+from tests.conftest import auth
+from tests.helpers import chat_body, make_image
 from workers.celery_app import make_celery
+from workers.context import close_worker_context
+from workers.tasks import maintenance
+from workers.tasks.maintenance import LOST_JOBS_TASK
 
 
 def test_make_celery_routes_webhook_deliveries_to_the_webhooks_queue():
@@ -19,3 +28,38 @@ def test_make_celery_routes_webhook_deliveries_to_the_webhooks_queue():
         assert DELIVER_TASK in app.tasks
     finally:
         app.close()
+
+
+def test_every_beat_sweep_is_a_registered_task_on_the_maintenance_queue():
+    app = make_celery(load_settings({"LOUPE_MAINTENANCE_QUEUE": "upkeep"}))
+    try:
+        app.loader.import_default_modules()
+        tasks = {entry["task"] for entry in app.conf.beat_schedule.values()}
+        assert LOST_JOBS_TASK in tasks
+        for name in tasks:
+            assert name in app.tasks
+            assert app.amqp.router.route({}, name)["queue"].name == "upkeep"
+    finally:
+        app.close()
+
+
+def test_the_lost_jobs_sweep_task_publishes_a_lost_job_again(
+    client, container, user_key, settings, monkeypatch
+):
+    job_id = client.post("/v1/jobs", json=chat_body(make_image()), headers=auth(user_key)).json[
+        "id"
+    ]
+    broker = redis.Redis.from_url(settings.broker_url)
+    try:
+        assert broker.delete("inference:5") == 1  # the only message: the job's
+        monkeypatch.setattr(maintenance, "LOST_JOB_GRACE", timedelta(0))
+        app = make_celery(settings)
+        try:
+            app.loader.import_default_modules()
+            assert app.tasks[LOST_JOBS_TASK].apply().get() == 1
+        finally:
+            close_worker_context()
+            app.close()
+        assert RedisQueuedMessages(broker).job_ids("inference") == {job_id}
+    finally:
+        broker.close()

@@ -1,12 +1,16 @@
-"""Expiry and retention sweeps against real SQLite and the real S3 server."""
+"""Expiry, retention and lost-message sweeps against real SQLite, S3 and Redis."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
+import redis
+
 from services.container import utcnow
-from services.jobs.maintenance import expire_overdue, remove_old_data
+from services.jobs.maintenance import expire_overdue, remove_old_data, requeue_lost
 from services.jobs.models import JobStatus
+from services.jobs.queue import UNACKED_KEY, RedisQueuedMessages, priority_queue_names
 from tests.conftest import auth
 from tests.helpers import chat_body, make_image
 
@@ -77,3 +81,69 @@ def test_retention_keeps_an_image_stored_again_after_the_cutoff(client, containe
     report = remove_old_data(container.jobs, container.blobs, now, timedelta(seconds=5))
     assert report.jobs == 1 and report.images_deleted == 0
     assert container.blobs.exists(container.jobs.get(job["id"]).images[0].key)
+
+
+def _broker(container):
+    return redis.Redis.from_url(container.settings.broker_url)
+
+
+def _drop_message(client: redis.Redis, job_id: str) -> None:
+    """Lose ``job_id``'s message, as a crash between commit and publish (or a broker wipe) would."""
+    for name in priority_queue_names("inference").values():
+        for raw in client.lrange(name, 0, -1):
+            if json.loads(raw)["headers"]["id"] == job_id:
+                client.lrem(name, 1, raw)
+                return
+    raise AssertionError(f"no message for {job_id}")
+
+
+def test_broker_scan_sees_waiting_and_unacked_messages_of_every_priority(
+    client, container, user_key
+):
+    ids = [
+        client.post(
+            "/v1/jobs", json=chat_body(make_image(), priority=p), headers=auth(user_key)
+        ).json["id"]
+        for p in ("high", "normal", "low")
+    ]
+    broker = _broker(container)
+    try:
+        # A worker has taken the low one: kombu keeps it in the unacked hash until the ack.
+        raw = broker.rpop("inference:9")
+        broker.hset(UNACKED_KEY, "tag-1", json.dumps([json.loads(raw), "", "inference"]))
+        broker.hset(UNACKED_KEY, "tag-2", json.dumps([{"headers": {"id": "x"}}, "", "webhooks"]))
+        broker.rpush("inference", b"not json")
+        assert RedisQueuedMessages(broker).job_ids("inference") == set(ids)
+    finally:
+        broker.close()
+
+
+def test_requeue_lost_publishes_again_only_old_queued_jobs_with_no_message(
+    client, container, user_key
+):
+    def submit(**extra):
+        body = chat_body(make_image(), **extra)
+        return client.post("/v1/jobs", json=body, headers=auth(user_key)).json["id"]
+
+    kept, lost, lost_low, canceled = submit(), submit(), submit(priority="low"), submit()
+    assert client.post(f"/v1/jobs/{canceled}/cancel", headers=auth(user_key)).status_code == 200
+    broker = _broker(container)
+    scan = RedisQueuedMessages(broker)
+    try:
+        for job_id in (lost, lost_low, canceled):
+            _drop_message(broker, job_id)
+        grace = timedelta(minutes=2)
+        # Younger than the grace period: the API may be between its commit and its publish.
+        assert (
+            requeue_lost(container.jobs, scan, container.queue, "inference", utcnow(), grace) == 0
+        )
+        later = utcnow() + timedelta(minutes=3)
+        assert requeue_lost(container.jobs, scan, container.queue, "inference", later, grace) == 2
+        assert scan.job_ids("inference") == {kept, lost, lost_low}
+        assert any(json.loads(raw)["headers"]["id"] == lost_low
+                   for raw in broker.lrange("inference:9", 0, -1))  # fmt: skip
+        # Nothing lost any more: a second sweep publishes nothing, so no duplicates pile up.
+        assert requeue_lost(container.jobs, scan, container.queue, "inference", later, grace) == 0
+        assert sum(broker.llen(n) for n in priority_queue_names("inference").values()) == 3
+    finally:
+        broker.close()
