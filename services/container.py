@@ -45,6 +45,7 @@ class Container:
     events: JobEvents
     db_engine: Engine | None = None
     quotas: SqlQuotaStore | None = None
+    quota_enforcer: QuotaEnforcer | None = None
     usage: SqlUsageLedger | None = None
     redis: Redis | None = None
     webhook_store: WebhookStore | None = None
@@ -99,6 +100,7 @@ def build_container(
             ),
         ]
     )
+    enforcer = QuotaEnforcer(engine=engine, redis_client=redis_client, clock=utcnow)
     service = JobService(
         settings=settings,
         store=jobs,
@@ -107,7 +109,7 @@ def build_container(
         registry=registry,
         clock=utcnow,
         events=events,
-        quotas=QuotaEnforcer(engine=engine, redis_client=redis_client, clock=utcnow),
+        quotas=enforcer,
         estimator=CostEstimator(TokenizerFileCounter()),
     )
     return Container(
@@ -121,6 +123,7 @@ def build_container(
         events=events,
         db_engine=engine,
         quotas=SqlQuotaStore(engine),
+        quota_enforcer=enforcer,
         usage=SqlUsageLedger(engine),
         redis=redis_client,
         webhook_store=webhook_store,

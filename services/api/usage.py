@@ -1,4 +1,4 @@
-"""/v1/usage (the calling key) and /v1/admin/usage (every key; admin keys only)."""
+"""/v1/usage and /v1/quota (the calling key), /v1/admin/usage (every key; admin keys only)."""
 
 from __future__ import annotations
 
@@ -47,3 +47,13 @@ def admin_usage() -> Response:
     authenticate_request()
     require_admin()
     return _answer(None, "usage-all-keys")
+
+
+@bp.get("/v1/quota")
+def key_quota() -> Response:
+    """The calling key's limits (null = unlimited) and where it stands against each."""
+    authenticate_request()
+    enforcer = container().quota_enforcer
+    if enforcer is None:
+        raise RuntimeError("the container has no quota enforcer")
+    return jsonify(enforcer.standing(current_key().id).to_json())

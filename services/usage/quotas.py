@@ -66,6 +66,36 @@ class Quota:
         }
 
 
+@dataclass(frozen=True)
+class QuotaStanding:
+    """A key's limits beside where it stands against each of them right now."""
+
+    quota: Quota
+    period_start: date
+    spent: Decimal  # billed since period_start (this UTC month)
+    reserved: Decimal  # estimated maximum of the key's queued and running jobs
+    queued: int
+    running: int
+    requests_this_minute: int
+
+    def to_json(self) -> dict[str, Any]:
+        cap = self.quota.monthly_spend_usd
+        left = None if cap is None else max(Decimal(0), cap - self.spent - self.reserved)
+        return {
+            "object": "quota",
+            "limits": self.quota.to_json(),
+            "current": {
+                "period_start": self.period_start.isoformat(),
+                "spent_usd": money_str(self.spent),
+                "reserved_usd": money_str(self.reserved),
+                "available_usd": None if left is None else money_str(left),
+                "queued": self.queued,
+                "running": self.running,
+                "requests_this_minute": self.requests_this_minute,
+            },
+        }
+
+
 class SqlQuotaStore:
     """``key_quotas`` rows; a key without a row is unlimited."""
 
@@ -160,6 +190,15 @@ class RedisRateLimiter:
             raise Unavailable(f"rate limiter unavailable: {exc}") from exc
         return None if int(count) <= limit else max(1, int(retry_after))
 
+    def used(self, key_id: str) -> int:
+        """Requests counted in the current minute (same window as :meth:`hit`; counts none)."""
+        try:
+            second, _micro = self._client.time()
+            raw = self._client.get(f"loupe:rate:{key_id}:{int(second) // 60}")
+        except redis.RedisError as exc:
+            raise Unavailable(f"rate limiter unavailable: {exc}") from exc
+        return int(raw or 0)
+
 
 class QuotaEnforcer:
     """The real ``QuotaGate``: quotas from SQL, rate counts and per-key locks in Redis."""
@@ -189,6 +228,21 @@ class QuotaEnforcer:
                 code="rate_limited",
                 retry_after=retry_after,
             )
+
+    def standing(self, owner_id: str) -> QuotaStanding:
+        """The key's limits and its current counts (for ``GET /v1/quota``)."""
+        quota = self._quotas.get(owner_id)
+        queued, running, reserved = self._active(owner_id)
+        start = _month_start(self._clock())
+        return QuotaStanding(
+            quota=quota,
+            period_start=start,
+            spent=self._ledger.spent_since(owner_id, start),
+            reserved=reserved,
+            queued=queued,
+            running=running,
+            requests_this_minute=self._limiter.used(owner_id),
+        )
 
     def admit(self, owner_id: str, cost_max: Decimal) -> AbstractContextManager[None]:
         quota = self._quotas.get(owner_id)

@@ -158,3 +158,38 @@ def test_quota_is_checked_with_other_settings_too(redis_server, s3_server, model
         r.close()
     finally:
         c.close()
+
+
+def test_quota_endpoint_shows_limits_and_where_the_key_stands(
+    client, container, user_key, other_key, key_id
+):
+    assert client.get("/v1/quota").status_code == 401
+    unlimited = client.get("/v1/quota", headers=auth(user_key)).json
+    assert unlimited["limits"] == {"monthly_spend_usd": None, "max_queued": None,
+                                   "max_running": None, "requests_per_minute": None}  # fmt: skip
+    assert unlimited["current"]["available_usd"] is None
+    container.quotas.update(
+        key_id, utcnow(), monthly_spend_usd=Decimal("5"), max_queued=10, requests_per_minute=100
+    )
+    finished = _submit(client, user_key, 1, model=LLAMA_90B, max_tokens=100).json["id"]
+    job = container.jobs.claim(finished, utcnow(), timedelta(seconds=60))
+    assert container.jobs.succeed(
+        finished, job.attempts, utcnow(), text="t", finish_reason="stop",
+        prompt_tokens=1_000_000, completion_tokens=100_000,
+    )  # fmt: skip
+    queued = _submit(client, user_key, 2, model=LLAMA_90B, max_tokens=100).json
+    _submit(client, other_key, 3)  # another key's job: not counted here
+    body = client.get("/v1/quota", headers=auth(user_key)).json
+    spent = Decimal(client.get(f"/v1/jobs/{finished}", headers=auth(user_key)).json[
+        "usage"]["cost"]["total"])  # fmt: skip
+    assert spent == Decimal("0.39") + Decimal("0.0005058")  # the seeds' example, plus the image
+    reserved = Decimal(queued["estimated_cost"]["max"])
+    current = body["current"]
+    assert body["object"] == "quota"
+    assert body["limits"]["monthly_spend_usd"] == "5" and body["limits"]["max_queued"] == 10
+    assert current["period_start"] == utcnow().date().replace(day=1).isoformat()
+    assert Decimal(current["spent_usd"]) == spent
+    assert Decimal(current["reserved_usd"]) == reserved
+    assert Decimal(current["available_usd"]) == Decimal(5) - spent - reserved
+    assert (current["queued"], current["running"]) == (1, 0)
+    assert current["requests_this_minute"] == 2  # the two rate-counted submissions; reads don't
