@@ -5,10 +5,15 @@
 - ``remove_old_data``: after the retention period, a finished job's images are deleted from the
   object store (unless another job still keeps the same content-addressed image) and its prompt
   and output are cleared. Usage and cost stay: they are accounting, not user data.
-- ``requeue_lost``: a queued job whose message the broker no longer holds is published again.
-  The API commits a job, then publishes its message; a process killed in between, or a broker
-  that lost its data (Redis restarted without persistence), leaves a job no worker will ever
-  see. Publishing again is safe: a worker's claim runs a job once, whatever the duplicates.
+- ``requeue_lost``: a job no worker will ever see gets a new message.
+  - A queued job whose message the broker no longer holds: the API commits a job, then
+    publishes its message, and a process killed in between, or a broker that lost its data
+    (Redis restarted without persistence), leaves it with none.
+  - A running job whose lease ran out: its worker died. Its message sits unacknowledged until
+    the broker's visibility timeout (longer than the longest job: hours), so without this the
+    job would wait that long to run again.
+  Publishing again is safe: a worker's claim fences each attempt, so a job runs to one result
+  and is billed once, whatever the duplicates.
 """
 
 from __future__ import annotations
@@ -75,18 +80,25 @@ def requeue_lost(
     grace: timedelta,
     limit: int = 1000,
 ) -> int:
-    """Publish again the queued jobs older than ``grace`` that the broker holds no message for.
+    """Publish a message again for each job that has lost its own; returns how many.
 
-    ``grace`` covers the moment between the API's commit and its publish. The broker is read
-    only when some job has been queued that long, so a healthy, drained system costs one
-    indexed query.
+    Queued jobs count as lost once older than ``grace`` (the moment between the API's commit and
+    its publish) with no message waiting or delivered. Running jobs count once their lease ran
+    out with no message waiting (their delivered one belongs to the dead worker). The broker is
+    read only when there are such candidates, so a healthy system costs two indexed queries.
     """
     stale = store.queued_since_before(now - grace, limit)
-    if not stale:
+    abandoned = store.lease_expired(now, limit)
+    if not stale and not abandoned:
         return 0
-    held = broker.job_ids(queue_name)
-    lost = [(job_id, priority) for job_id, priority in stale if job_id not in held]
-    for job_id, priority in lost:
+    held = broker.held(queue_name)
+    lost = [(job_id, p, "queued with no message") for job_id, p in stale if job_id not in held.all]
+    lost += [
+        (job_id, p, "its worker's lease ran out")
+        for job_id, p in abandoned
+        if job_id not in held.waiting
+    ]
+    for job_id, priority, why in lost:
         queue.enqueue_inference(job_id, priority)
-        log.warning("job %s: queued with no message in the broker; published it again", job_id)
+        log.warning("job %s: %s; published it again", job_id, why)
     return len(lost)

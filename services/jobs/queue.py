@@ -7,6 +7,7 @@ Celery is imported lazily: importing ``services`` must not pull in Celery.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
@@ -45,12 +46,24 @@ UNACKED_KEY = "unacked"
 SCAN_CHUNK = 500
 
 
+@dataclass(frozen=True)
+class HeldMessages:
+    """Job ids whose messages the broker holds for a queue."""
+
+    waiting: frozenset[str]  # in the queue's priority lists, not yet delivered
+    delivered: frozenset[str]  # delivered to a worker and not yet acknowledged
+
+    @property
+    def all(self) -> frozenset[str]:
+        return self.waiting | self.delivered
+
+
 class QueuedMessages(Protocol):
-    def job_ids(self, queue: str) -> set[str]: ...
+    def held(self, queue: str) -> HeldMessages: ...
 
 
 class RedisQueuedMessages:
-    """The job ids the broker holds for ``queue``: messages waiting in its priority lists, plus
+    """The job ids the broker holds for ``queue``: messages waiting in its priority lists, and
     those delivered and not yet acknowledged. A message's task id is its job id (see
     :meth:`CeleryTaskQueue.enqueue_inference`), read from the kombu envelope's headers."""
 
@@ -61,20 +74,18 @@ class RedisQueuedMessages:
     def from_url(cls, url: str) -> RedisQueuedMessages:
         return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5))
 
-    def job_ids(self, queue: str) -> set[str]:
+    def held(self, queue: str) -> HeldMessages:
         try:
-            found: set[str] = set()
+            waiting: set[str] = set()
             for list_name in priority_queue_names(queue).values():
                 start = 0
                 while chunk := self._redis.lrange(list_name, start, start + SCAN_CHUNK - 1):
-                    found.update(_task_id(raw) for raw in chunk)
+                    waiting.update(_task_id(raw) for raw in chunk)
                     start += SCAN_CHUNK
-            for raw in self._redis.hvals(UNACKED_KEY):
-                found.add(_unacked_task_id(raw, queue))
+            delivered = {_unacked_task_id(raw, queue) for raw in self._redis.hvals(UNACKED_KEY)}
         except redis.RedisError as exc:
             raise Unavailable(f"broker unavailable: {exc}") from exc
-        found.discard("")
-        return found
+        return HeldMessages(frozenset(waiting - {""}), frozenset(delivered - {""}))
 
     def close(self) -> None:
         self._redis.close()

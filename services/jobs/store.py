@@ -95,6 +95,7 @@ class JobStore(Protocol):
     def expire_queued(self, job_id: str, now: datetime) -> bool: ...
     def overdue_queued(self, now: datetime, limit: int) -> list[str]: ...
     def queued_since_before(self, cutoff: datetime, limit: int) -> list[tuple[str, Priority]]: ...
+    def lease_expired(self, now: datetime, limit: int) -> list[tuple[str, Priority]]: ...
     def find_idempotent(self, owner_id: str, key: str) -> Job | None: ...
     def forget_idempotency_key(self, job_id: str) -> None: ...
     def request_hash(self, job_id: str) -> str | None: ...
@@ -341,6 +342,18 @@ class SqlJobStore:
                 select(jobs.c.id, jobs.c.priority)
                 .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.created_at < cutoff)
                 .order_by(jobs.c.created_at)
+                .limit(limit)
+            )
+            return [(row[0], Priority(row[1])) for row in rows]
+
+    def lease_expired(self, now: datetime, limit: int) -> list[tuple[str, Priority]]:
+        """(id, priority) of running jobs whose lease ran out: their worker died (a live one
+        ends every job by its timeout, and the lease is the timeout plus a grace)."""
+        with translate_db_errors(), self._engine.connect() as conn:
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.priority)
+                .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at < now)
+                .order_by(jobs.c.lease_expires_at)
                 .limit(limit)
             )
             return [(row[0], Priority(row[1])) for row in rows]

@@ -60,6 +60,6 @@ def test_the_lost_jobs_sweep_task_publishes_a_lost_job_again(
         finally:
             close_worker_context()
             app.close()
-        assert RedisQueuedMessages(broker).job_ids("inference") == {job_id}
+        assert RedisQueuedMessages(broker).held("inference").all == {job_id}
     finally:
         broker.close()

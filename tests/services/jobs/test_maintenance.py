@@ -113,7 +113,8 @@ def test_broker_scan_sees_waiting_and_unacked_messages_of_every_priority(
         broker.hset(UNACKED_KEY, "tag-1", json.dumps([json.loads(raw), "", "inference"]))
         broker.hset(UNACKED_KEY, "tag-2", json.dumps([{"headers": {"id": "x"}}, "", "webhooks"]))
         broker.rpush("inference", b"not json")
-        assert RedisQueuedMessages(broker).job_ids("inference") == set(ids)
+        held = RedisQueuedMessages(broker).held("inference")
+        assert held.waiting == {ids[0], ids[1]} and held.delivered == {ids[2]}
     finally:
         broker.close()
 
@@ -139,11 +140,51 @@ def test_requeue_lost_publishes_again_only_old_queued_jobs_with_no_message(
         )
         later = utcnow() + timedelta(minutes=3)
         assert requeue_lost(container.jobs, scan, container.queue, "inference", later, grace) == 2
-        assert scan.job_ids("inference") == {kept, lost, lost_low}
+        assert scan.held("inference").all == {kept, lost, lost_low}
         assert any(json.loads(raw)["headers"]["id"] == lost_low
                    for raw in broker.lrange("inference:9", 0, -1))  # fmt: skip
         # Nothing lost any more: a second sweep publishes nothing, so no duplicates pile up.
         assert requeue_lost(container.jobs, scan, container.queue, "inference", later, grace) == 0
         assert sum(broker.llen(n) for n in priority_queue_names("inference").values()) == 3
+    finally:
+        broker.close()
+
+
+def _deliver(client: redis.Redis, job_id: str) -> None:
+    """Move ``job_id``'s message to the unacked hash, as kombu does when a worker takes it."""
+    for name in priority_queue_names("inference").values():
+        for raw in client.lrange(name, 0, -1):
+            if json.loads(raw)["headers"]["id"] == job_id:
+                client.lrem(name, 1, raw)
+                client.hset(UNACKED_KEY, job_id, json.dumps([json.loads(raw), "", "inference"]))
+                return
+    raise AssertionError(f"no message for {job_id}")
+
+
+def test_requeue_lost_publishes_again_a_running_job_whose_worker_died(client, container, user_key):
+    def submit():
+        body = chat_body(make_image())
+        return client.post("/v1/jobs", json=body, headers=auth(user_key)).json["id"]
+
+    dead, alive = submit(), submit()
+    broker = _broker(container)
+    scan = RedisQueuedMessages(broker)
+    now = utcnow()
+    try:
+        for job_id in (dead, alive):
+            _deliver(broker, job_id)  # taken by a worker: unacked until it finishes
+        assert container.jobs.claim(dead, now, timedelta(seconds=30)) is not None
+        assert container.jobs.claim(alive, now, timedelta(minutes=10)) is not None
+        grace = timedelta(minutes=2)
+        assert requeue_lost(container.jobs, scan, container.queue, "inference", now, grace) == 0
+        # 5 minutes on, the first lease ran out: that worker is gone (a live one ends every job
+        # by its timeout). Its unacked message would only come back after the visibility timeout.
+        later = now + timedelta(minutes=5)
+        assert requeue_lost(container.jobs, scan, container.queue, "inference", later, grace) == 1
+        assert scan.held("inference").waiting == {dead}
+        assert requeue_lost(container.jobs, scan, container.queue, "inference", later, grace) == 0
+        # A worker takes the new message: the claim takes the job over, with a new attempt.
+        taken = container.jobs.claim(dead, later, timedelta(seconds=30))
+        assert taken is not None and taken.attempts == 2
     finally:
         broker.close()
