@@ -18,6 +18,7 @@ from services.jobs.service import JobService
 from services.jobs.store import JobStore, SqlJobStore
 from services.jobs.waiting import JobWaiter
 from services.models_registry import ModelRegistry, build_registry
+from services.net.images import RemoteImageFetcher
 from services.settings import Settings
 from services.storage.blobs import BlobStore, S3BlobStore
 from services.usage.estimate import CostEstimator, TokenizerFileCounter
@@ -111,6 +112,7 @@ def build_container(
         events=events,
         quotas=enforcer,
         estimator=CostEstimator(TokenizerFileCounter()),
+        image_fetcher=RemoteImageFetcher(settings),
     )
     return Container(
         settings=settings,

@@ -75,6 +75,10 @@ class Settings:
     webhook_queue: str = "webhooks"
     webhook_concurrency: int = 8
     webhook_allow_http: bool = False
+    # Remote images (https image_url parts): fetched at submit behind the same SSRF guard.
+    image_url_allow_http: bool = False
+    image_url_allowed_networks: tuple[str, ...] = ()
+    image_fetch_timeout_seconds: float = 10.0
     # CIDRs exempt from the SSRF guard (local development and tests only).
     webhook_allowed_networks: tuple[str, ...] = ()
     # Seconds before each attempt: the Standard Webhooks example schedule (about 27 h in all).
@@ -296,6 +300,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         webhook_queue=_str(env, "WEBHOOK_QUEUE", defaults.webhook_queue),
         webhook_concurrency=_int(env, "WEBHOOK_CONCURRENCY", defaults.webhook_concurrency, 1),
         webhook_allow_http=_bool(env, "WEBHOOK_ALLOW_HTTP", defaults.webhook_allow_http),
+        image_url_allow_http=_bool(env, "IMAGE_URL_ALLOW_HTTP", defaults.image_url_allow_http),
+        image_url_allowed_networks=_networks(env, "IMAGE_URL_ALLOWED_NETWORKS"),
+        image_fetch_timeout_seconds=_float(
+            env, "IMAGE_FETCH_TIMEOUT_SECONDS", defaults.image_fetch_timeout_seconds
+        ),
         webhook_allowed_networks=_networks(env, "WEBHOOK_ALLOWED_NETWORKS"),
         webhook_retry_schedule=_schedule(
             env, "WEBHOOK_RETRY_SCHEDULE", defaults.webhook_retry_schedule

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import urllib3
 
+from services.net.ssrf import open_pool
 from services.settings import Settings
 from services.webhooks.models import RESPONSE_BODY_LIMIT, AttemptResult
 from services.webhooks.ssrf import Resolver, WebhookUrlRefused, resolve_target, system_resolver
@@ -55,22 +56,7 @@ def post_webhook(
         target = resolve_target(url, settings, resolver)
     except WebhookUrlRefused as exc:
         return AttemptResult(None, elapsed_ms(), error=f"refused: {exc.message}")
-    timeout = urllib3.Timeout(total=settings.webhook_timeout_seconds)
-    pool: urllib3.HTTPConnectionPool
-    if target.scheme == "https":
-        pool = urllib3.HTTPSConnectionPool(
-            target.address,
-            target.port,
-            timeout=timeout,
-            retries=False,
-            server_hostname=target.host,
-            assert_hostname=target.host,
-            cert_reqs="CERT_REQUIRED",
-        )
-    else:
-        pool = urllib3.HTTPConnectionPool(
-            target.address, target.port, timeout=timeout, retries=False
-        )
+    pool = open_pool(target, settings.webhook_timeout_seconds)
     request_headers = {
         **headers,
         "Host": target.host_header,
@@ -91,7 +77,7 @@ def post_webhook(
         try:
             snippet = response.read(RESPONSE_BODY_LIMIT, decode_content=True)
         finally:
-            response.release_conn()
+            response.close()  # a one-off connection: closed, never pooled half-read
         return AttemptResult(
             http_status=response.status,
             latency_ms=elapsed_ms(),

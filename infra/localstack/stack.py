@@ -274,6 +274,9 @@ def loupe_env(paths: StackPaths, redis: RedisServer, s3: S3Server) -> dict[str, 
         "LOUPE_WEBHOOK_CONCURRENCY": str(WEBHOOK_CONCURRENCY),
         "LOUPE_WEBHOOK_ALLOWED_NETWORKS": WEBHOOK_ALLOWED_NETWORKS,
         "LOUPE_WEBHOOK_ALLOW_HTTP": "true",
+        # Image URLs on this machine too (say, `python -m http.server` beside your pictures).
+        "LOUPE_IMAGE_URL_ALLOWED_NETWORKS": WEBHOOK_ALLOWED_NETWORKS,
+        "LOUPE_IMAGE_URL_ALLOW_HTTP": "true",
         "LOUPE_API_THREADS": str(API_THREADS),  # sizes the app's waiter cap to --threads
     }
 

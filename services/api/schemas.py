@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from services.errors import BadRequest, InvalidInput
 from services.jobs.models import ContentPart, JobStatus, Message, Priority, SamplingParams
-from services.jobs.service import SubmitCommand
+from services.jobs.service import RemoteImage, SubmitCommand
 from services.jobs.store import Cursor, JobFilter
 
 _DATA_URL = re.compile(
@@ -178,18 +178,15 @@ def _parse(model: type[_Strict], data: Any) -> Any:
         raise InvalidInput(_validation_message(exc), code="invalid_parameter") from None
 
 
-def decode_data_url(url: str) -> bytes:
-    """Bytes of a base64 ``data:`` URL; other schemes are refused for now."""
+def image_source(url: str) -> bytes | RemoteImage:
+    """An ``image_url``: the bytes of a base64 ``data:`` URL, or an http(s) URL to fetch."""
     match = _DATA_URL.match(url)
     if match is None:
         if url.startswith(("http://", "https://")):
-            raise InvalidInput(
-                "Remote image URLs are not accepted yet; send the image as a base64 data: URL "
-                "or as a multipart upload.",
-                code="unsupported_image_url",
-            )
+            return RemoteImage(url)
         raise InvalidInput(
-            "image_url.url must be a data:image/...;base64,... URL.", code="invalid_image_url"
+            "image_url.url must be an https:// URL or a data:image/...;base64,... URL.",
+            code="invalid_image_url",
         )
     try:
         return base64.b64decode(url[match.end() :], validate=True)
@@ -197,9 +194,11 @@ def decode_data_url(url: str) -> bytes:
         raise InvalidInput("image_url.url is not valid base64.", code="invalid_image_url") from None
 
 
-def _convert_messages(messages: list[ChatMessage]) -> tuple[tuple[Message, ...], tuple[bytes, ...]]:
+def _convert_messages(
+    messages: list[ChatMessage],
+) -> tuple[tuple[Message, ...], tuple[bytes | RemoteImage, ...]]:
     converted: list[Message] = []
-    images: list[bytes] = []
+    images: list[bytes | RemoteImage] = []
     for message in messages:
         if isinstance(message.content, str):
             parts: tuple[ContentPart, ...] = (ContentPart(type="text", text=message.content),)
@@ -214,7 +213,7 @@ def _convert_messages(messages: list[ChatMessage]) -> tuple[tuple[Message, ...],
                             "Images are only accepted in user messages.", code="invalid_parameter"
                         )
                     items.append(ContentPart(type="image", image_index=len(images)))
-                    images.append(decode_data_url(part.image_url.url))
+                    images.append(image_source(part.image_url.url))
             parts = tuple(items)
         if not parts:
             raise InvalidInput("A message needs content.", code="invalid_parameter")

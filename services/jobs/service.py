@@ -25,6 +25,7 @@ from services.jobs.models import (
 from services.jobs.queue import TaskQueue
 from services.jobs.store import Cursor, JobFilter, JobStore
 from services.models_registry import ModelRegistry, ModelSpec
+from services.net.images import ImageFetcher
 from services.settings import Settings
 from services.storage.blobs import BlobStore
 from services.storage.images import ImageLimits, ValidatedImage, validate_image
@@ -34,13 +35,21 @@ from services.webhooks.ssrf import check_webhook_url
 
 
 @dataclass(frozen=True)
+class RemoteImage:
+    """A remote image named by URL: fetched (through the SSRF guard) only once the request has
+    passed its cheap checks, and never for an idempotent replay (it is matched by URL)."""
+
+    url: str
+
+
+@dataclass(frozen=True)
 class SubmitCommand:
     """A job request after parsing, before validation against the model and limits."""
 
     owner_id: str
     model: str
     messages: tuple[Message, ...]
-    images: tuple[bytes, ...]
+    images: tuple[bytes | RemoteImage, ...]  # bytes, or a URL fetched at submit
     params: SamplingParams
     timeout_seconds: int | None = None
     metadata: dict[str, str] = field(default_factory=dict)
@@ -51,7 +60,7 @@ class SubmitCommand:
     idempotency_key: str | None = None
 
     def fingerprint(self) -> str:
-        """SHA-256 of what the request asks for (images by digest), to match replays."""
+        """SHA-256 of what the request asks for (images by digest, remote ones by URL)."""
 
         def plain(value: Any) -> Any:
             if isinstance(value, bytes):
@@ -98,8 +107,10 @@ class JobService:
         events: JobEvents | None = None,
         quotas: QuotaGate | None = None,
         estimator: CostEstimator | None = None,
+        image_fetcher: ImageFetcher | None = None,
     ) -> None:
         self._settings = settings
+        self._fetcher = image_fetcher
         self._quotas: QuotaGate = quotas or NoQuotas()
         self._estimator = estimator or CostEstimator()
         self._events: JobEvents = events or NoJobEvents()
@@ -175,7 +186,9 @@ class JobService:
                 code="system_message_with_image",
             )
         webhook_url = check_webhook_url(command.webhook, self._settings)
-        validated = [validate_image(data, self._limits) for data in command.images]
+        validated = [
+            validate_image(self._image_bytes(image), self._limits) for image in command.images
+        ]
         estimate = self._estimator.estimate(
             spec, command.messages, len(validated), params.max_tokens or 0
         )
@@ -213,6 +226,17 @@ class JobService:
             self._store.delete_queued(job.id)
             raise
         return job
+
+    def _image_bytes(self, image: bytes | RemoteImage) -> bytes:
+        if isinstance(image, bytes):
+            return image
+        if self._fetcher is None:
+            raise InvalidInput(
+                "Remote image URLs are not accepted here; send the image as a base64 data: URL "
+                "or as a multipart upload.",
+                code="unsupported_image_url",
+            )
+        return self._fetcher.fetch(image.url)
 
     def get(self, job_id: str, owner_id: str) -> Job:
         return self._store.get_for_owner(job_id, owner_id)

@@ -51,3 +51,18 @@ def test_webhook_settings_parse():
 def test_webhook_settings_refuse_bad_values(name, value):
     with pytest.raises(ConfigurationError, match=f"LOUPE_{name}"):
         load_settings({f"LOUPE_{name}": value})
+
+
+def test_image_url_settings_default_to_https_public_only_and_parse():
+    defaults = load_settings({})
+    assert defaults.image_url_allow_http is False
+    assert defaults.image_url_allowed_networks == ()
+    assert defaults.image_fetch_timeout_seconds == 10.0
+    custom = load_settings({
+        "LOUPE_IMAGE_URL_ALLOW_HTTP": "true",
+        "LOUPE_IMAGE_URL_ALLOWED_NETWORKS": "127.0.0.0/8, ::1/128",
+        "LOUPE_IMAGE_FETCH_TIMEOUT_SECONDS": "2.5",
+    })  # fmt: skip
+    assert custom.image_url_allow_http is True
+    assert custom.image_url_allowed_networks == ("127.0.0.0/8", "::1/128")
+    assert custom.image_fetch_timeout_seconds == 2.5

@@ -176,20 +176,20 @@ BAD_JSON_BODIES: list[tuple[str, Any, int, str]] = [
     ("no messages", {"model": "loupe-tiny-mllama", "messages": []}, 422, "invalid_parameter"),
     ("body is a list", [1, 2], 400, "invalid_json"),
     (
-        "remote url",
+        "remote url on a private address",
         chat_body(None)
         | {
             "messages": [
                 {
                     "role": "user",
                     "content": [
-                        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+                        {"type": "image_url", "image_url": {"url": "https://10.1.2.3/a.png"}}
                     ],
                 }
             ]
         },
         422,
-        "unsupported_image_url",
+        "invalid_image_url",
     ),
     (
         "bad base64",
