@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from redis import Redis
 from sqlalchemy import Engine
@@ -11,6 +11,8 @@ from sqlalchemy import Engine
 from services.admin.monitor import Monitor, build_monitor
 from services.auth.keys import KeyStore, SqlKeyStore
 from services.db import make_engine
+from services.files.service import FileService
+from services.files.store import SqlFileStore
 from services.jobs.events import FanOutJobEvents, JobEvents
 from services.jobs.notify import RedisJobNotifier
 from services.jobs.queue import CeleryTaskQueue, TaskQueue
@@ -21,6 +23,7 @@ from services.models_registry import ModelRegistry, build_registry
 from services.net.images import RemoteImageFetcher
 from services.settings import Settings
 from services.storage.blobs import BlobStore, S3BlobStore
+from services.storage.images import ImageLimits
 from services.usage.estimate import CostEstimator, TokenizerFileCounter
 from services.usage.ledger import SqlUsageLedger
 from services.usage.quotas import QuotaEnforcer, SqlQuotaStore
@@ -47,6 +50,7 @@ class Container:
     db_engine: Engine | None = None
     quotas: SqlQuotaStore | None = None
     quota_enforcer: QuotaEnforcer | None = None
+    files: FileService | None = None
     usage: SqlUsageLedger | None = None
     redis: Redis | None = None
     webhook_store: WebhookStore | None = None
@@ -101,6 +105,20 @@ def build_container(
             ),
         ]
     )
+    file_service = FileService(
+        store=SqlFileStore(engine),
+        blobs=blob_store,
+        limits=ImageLimits(
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            allowed_formats=settings.allowed_image_formats,
+        ),
+        clock=utcnow,
+        retention=timedelta(seconds=settings.retention_seconds)
+        if settings.retention_seconds
+        else None,
+        job_keeps_image=lambda key: jobs.image_in_use(key, ()),
+    )
     enforcer = QuotaEnforcer(engine=engine, redis_client=redis_client, clock=utcnow)
     service = JobService(
         settings=settings,
@@ -113,6 +131,7 @@ def build_container(
         quotas=enforcer,
         estimator=CostEstimator(TokenizerFileCounter()),
         image_fetcher=RemoteImageFetcher(settings),
+        files=file_service,
     )
     return Container(
         settings=settings,
@@ -126,6 +145,7 @@ def build_container(
         db_engine=engine,
         quotas=SqlQuotaStore(engine),
         quota_enforcer=enforcer,
+        files=file_service,
         usage=SqlUsageLedger(engine),
         redis=redis_client,
         webhook_store=webhook_store,

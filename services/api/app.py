@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from services.api import health, jobs, models, openai_compat, usage, webhooks
+from services.api import files, health, jobs, models, openai_compat, usage, webhooks
 from services.api.admin import api_bp as admin_api_bp
 from services.api.admin import page_bp as admin_page_bp
 from services.api.errors import register_error_handlers
@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None, *, container: Container | None 
     register_error_handlers(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(files.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(usage.bp)
     app.register_blueprint(webhooks.bp)

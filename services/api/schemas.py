@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from services.errors import BadRequest, InvalidInput
 from services.jobs.models import ContentPart, JobStatus, Message, Priority, SamplingParams
-from services.jobs.service import RemoteImage, SubmitCommand
+from services.jobs.service import ImageSource, RemoteImage, SubmitCommand, UploadedImage
 from services.jobs.store import Cursor, JobFilter
 
 _DATA_URL = re.compile(
@@ -42,7 +42,18 @@ class ImagePart(_Strict):
     image_url: ImageUrl
 
 
-Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+class ImageFile(_Strict):
+    file_id: str = Field(min_length=1, max_length=40)
+
+
+class ImageFilePart(_Strict):
+    """An image uploaded earlier with ``POST /v1/files`` (the Assistants API's part shape)."""
+
+    type: Literal["image_file"]
+    image_file: ImageFile
+
+
+Part = Annotated[TextPart | ImagePart | ImageFilePart, Field(discriminator="type")]
 
 
 class ChatMessage(_Strict):
@@ -196,9 +207,9 @@ def image_source(url: str) -> bytes | RemoteImage:
 
 def _convert_messages(
     messages: list[ChatMessage],
-) -> tuple[tuple[Message, ...], tuple[bytes | RemoteImage, ...]]:
+) -> tuple[tuple[Message, ...], tuple[ImageSource, ...]]:
     converted: list[Message] = []
-    images: list[bytes | RemoteImage] = []
+    images: list[ImageSource] = []
     for message in messages:
         if isinstance(message.content, str):
             parts: tuple[ContentPart, ...] = (ContentPart(type="text", text=message.content),)
@@ -213,7 +224,10 @@ def _convert_messages(
                             "Images are only accepted in user messages.", code="invalid_parameter"
                         )
                     items.append(ContentPart(type="image", image_index=len(images)))
-                    images.append(image_source(part.image_url.url))
+                    if isinstance(part, ImageFilePart):
+                        images.append(UploadedImage(part.image_file.file_id))
+                    else:
+                        images.append(image_source(part.image_url.url))
             parts = tuple(items)
         if not parts:
             raise InvalidInput("A message needs content.", code="invalid_parameter")

@@ -230,3 +230,23 @@ webhook_attempts = Table(
     Column("error", Text(), nullable=True),
     Column("response_body", Text(), nullable=True),  # the first 1 KB
 )
+
+# --------------------------------------------------------------------------- uploaded files (0007)
+# An image uploaded once (POST /v1/files) and named by id in later jobs. The bytes live in the
+# object store under their SHA-256, like every job image.
+files = Table(
+    "files",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("owner_id", String(40), ForeignKey("api_keys.id"), nullable=False),
+    Column("filename", String(255), nullable=True),
+    Column("sha256", String(64), nullable=False),
+    Column("content_type", String(64), nullable=False),
+    Column("size_bytes", Integer(), nullable=False),
+    Column("width", Integer(), nullable=False),
+    Column("height", Integer(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_files_owner_created", "owner_id", "created_at"),
+    Index("ix_files_sha256", "sha256"),
+    Index("ix_files_created", "created_at"),
+)

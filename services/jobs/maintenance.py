@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -49,16 +50,24 @@ class RetentionReport:
 
 
 def remove_old_data(
-    store: JobStore, blobs: BlobStore, now: datetime, retention: timedelta, limit: int = 200
+    store: JobStore,
+    blobs: BlobStore,
+    now: datetime,
+    retention: timedelta,
+    limit: int = 200,
+    kept_elsewhere: Callable[[str], bool] = lambda key: False,
 ) -> RetentionReport:
-    """Remove the data of jobs that finished before ``now - retention``."""
+    """Remove the data of jobs that finished before ``now - retention``.
+
+    ``kept_elsewhere(key)``: whether something besides jobs (an uploaded file) keeps the image.
+    """
     cutoff = now - retention
     due = store.retention_due(cutoff, limit)
     batch = [job.id for job in due]
     deleted = 0
     for key in sorted({ref.key for job in due for ref in job.images}):
-        if store.image_in_use(key, batch):
-            continue  # a newer job keeps the same image
+        if store.image_in_use(key, batch) or kept_elsewhere(key):
+            continue  # a newer job, or an uploaded file, keeps the same image
         modified = blobs.modified_at(key)
         if modified is not None and modified >= cutoff:
             continue  # stored again since the cutoff: a job being submitted may need it

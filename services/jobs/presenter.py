@@ -9,7 +9,7 @@ from services.jobs.models import Job, JobStatus, QueueInfo
 from services.usage.pricing import Cost, money_str, price_job
 
 
-def _ts(value: datetime | None) -> str | None:
+def timestamp(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
@@ -46,9 +46,9 @@ def job_to_public(job: Job, queue: QueueInfo | None = None) -> dict[str, Any]:
         "status": job.status.value,
         "model": job.model,
         "priority": job.priority.value,
-        "created_at": _ts(job.created_at),
-        "started_at": _ts(job.started_at),
-        "completed_at": _ts(job.completed_at),
+        "created_at": timestamp(job.created_at),
+        "started_at": timestamp(job.started_at),
+        "completed_at": timestamp(job.completed_at),
         "output": output,
         "usage": usage,
         "metrics": {
@@ -58,7 +58,7 @@ def job_to_public(job: Job, queue: QueueInfo | None = None) -> dict[str, Any]:
         },
         "error": error,
         "cancel_requested": job.cancel_requested_at is not None,
-        "expires_at": _ts(job.expires_at),
+        "expires_at": timestamp(job.expires_at),
         "queue_position": None if queue is None else queue.position,
         "estimated_start_seconds": None if queue is None else queue.estimated_start_seconds,
         "data_removed": job.data_removed_at is not None,

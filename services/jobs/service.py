@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from services.errors import Conflict, InvalidInput, Unavailable
 from services.jobs.events import JobEvents, NoJobEvents
@@ -43,13 +43,27 @@ class RemoteImage:
 
 
 @dataclass(frozen=True)
+class UploadedImage:
+    """An image uploaded earlier (``POST /v1/files``), named by its file id."""
+
+    file_id: str
+
+
+class FileImages(Protocol):
+    def image_for_job(self, owner_id: str, file_id: str) -> bytes: ...
+
+
+ImageSource = bytes | RemoteImage | UploadedImage
+
+
+@dataclass(frozen=True)
 class SubmitCommand:
     """A job request after parsing, before validation against the model and limits."""
 
     owner_id: str
     model: str
     messages: tuple[Message, ...]
-    images: tuple[bytes | RemoteImage, ...]  # bytes, or a URL fetched at submit
+    images: tuple[ImageSource, ...]  # bytes, a URL fetched at submit, or an uploaded file
     params: SamplingParams
     timeout_seconds: int | None = None
     metadata: dict[str, str] = field(default_factory=dict)
@@ -108,9 +122,11 @@ class JobService:
         quotas: QuotaGate | None = None,
         estimator: CostEstimator | None = None,
         image_fetcher: ImageFetcher | None = None,
+        files: FileImages | None = None,
     ) -> None:
         self._settings = settings
         self._fetcher = image_fetcher
+        self._files = files
         self._quotas: QuotaGate = quotas or NoQuotas()
         self._estimator = estimator or CostEstimator()
         self._events: JobEvents = events or NoJobEvents()
@@ -186,9 +202,8 @@ class JobService:
                 code="system_message_with_image",
             )
         webhook_url = check_webhook_url(command.webhook, self._settings)
-        validated = [
-            validate_image(self._image_bytes(image), self._limits) for image in command.images
-        ]
+        images = [self._image_bytes(image, command.owner_id) for image in command.images]
+        validated = [validate_image(data, self._limits) for data in images]
         estimate = self._estimator.estimate(
             spec, command.messages, len(validated), params.max_tokens or 0
         )
@@ -227,9 +242,14 @@ class JobService:
             raise
         return job
 
-    def _image_bytes(self, image: bytes | RemoteImage) -> bytes:
+    def _image_bytes(self, image: ImageSource, owner_id: str) -> bytes:
+        """The bytes of an image source: inline, fetched from its URL, or read from a file."""
         if isinstance(image, bytes):
             return image
+        if isinstance(image, UploadedImage):
+            if self._files is None:
+                raise InvalidInput("Uploaded files are not served here.", code="file_not_found")
+            return self._files.image_for_job(owner_id, image.file_id)
         if self._fetcher is None:
             raise InvalidInput(
                 "Remote image URLs are not accepted here; send the image as a base64 data: URL "

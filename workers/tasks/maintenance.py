@@ -1,5 +1,5 @@
-"""Thin periodic task shells (scheduled by Celery beat): expiry, retention, lost-message and
-webhook sweeps."""
+"""Thin periodic task shells (scheduled by Celery beat): expiry, retention (jobs and uploaded
+files), lost-message and webhook sweeps."""
 
 from __future__ import annotations
 
@@ -37,7 +37,10 @@ def remove_old_job_data(self: Task[Any, Any]) -> int:
     if ctx.settings.retention_seconds == 0:
         return 0  # keep everything
     retention = timedelta(seconds=ctx.settings.retention_seconds)
-    return remove_old_data(ctx.store, ctx.blobs, ctx.clock(), retention).jobs
+    files = ctx.container.files if ctx.container is not None else None
+    kept = files.keeps_image if files is not None else (lambda key: False)
+    jobs = remove_old_data(ctx.store, ctx.blobs, ctx.clock(), retention, kept_elsewhere=kept).jobs
+    return jobs + (files.remove_expired(ctx.clock()) if files is not None else 0)
 
 
 @shared_task(name=WEBHOOK_SWEEP_TASK, bind=True, ignore_result=True)

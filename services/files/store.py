@@ -1,0 +1,116 @@
+"""``files`` rows: who uploaded which content-addressed image, and when."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy import Engine, and_, delete, insert, or_, select
+from sqlalchemy.engine import RowMapping
+
+from services.db.errors import translate_db_errors
+from services.db.schema import files
+from services.jobs.models import ImageRef
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    id: str
+    owner_id: str
+    filename: str | None
+    image: ImageRef
+    created_at: datetime
+
+
+class FileStore(Protocol):
+    def insert(self, file: StoredFile) -> None: ...
+    def get(self, file_id: str) -> StoredFile | None: ...
+    def list_for_owner(
+        self, owner_id: str, limit: int, after: StoredFile | None
+    ) -> list[StoredFile]: ...
+    def delete(self, file_id: str) -> bool: ...
+    def created_before(self, cutoff: datetime, limit: int) -> list[StoredFile]: ...
+    def image_in_use(self, sha256: str, excluding: Collection[str] = ()) -> bool: ...
+
+
+class SqlFileStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def insert(self, file: StoredFile) -> None:
+        image = file.image
+        with translate_db_errors(), self._engine.begin() as conn:
+            conn.execute(
+                insert(files).values(
+                    id=file.id,
+                    owner_id=file.owner_id,
+                    filename=file.filename,
+                    sha256=image.sha256,
+                    content_type=image.content_type,
+                    size_bytes=image.size_bytes,
+                    width=image.width,
+                    height=image.height,
+                    created_at=file.created_at,
+                )
+            )
+
+    def get(self, file_id: str) -> StoredFile | None:
+        with translate_db_errors(), self._engine.connect() as conn:
+            row = conn.execute(select(files).where(files.c.id == file_id)).mappings().first()
+        return None if row is None else _row_to_file(row)
+
+    def list_for_owner(
+        self, owner_id: str, limit: int, after: StoredFile | None
+    ) -> list[StoredFile]:
+        """Newest first; ``after``: continue below that file (same owner)."""
+        query = select(files).where(files.c.owner_id == owner_id)
+        if after is not None:
+            query = query.where(
+                or_(
+                    files.c.created_at < after.created_at,
+                    and_(files.c.created_at == after.created_at, files.c.id < after.id),
+                )
+            )
+        query = query.order_by(files.c.created_at.desc(), files.c.id.desc()).limit(limit)
+        with translate_db_errors(), self._engine.connect() as conn:
+            return [_row_to_file(row) for row in conn.execute(query).mappings()]
+
+    def delete(self, file_id: str) -> bool:
+        with translate_db_errors(), self._engine.begin() as conn:
+            return conn.execute(delete(files).where(files.c.id == file_id)).rowcount == 1
+
+    def created_before(self, cutoff: datetime, limit: int) -> list[StoredFile]:
+        with translate_db_errors(), self._engine.connect() as conn:
+            rows = conn.execute(
+                select(files)
+                .where(files.c.created_at < cutoff)
+                .order_by(files.c.created_at)
+                .limit(limit)
+            ).mappings()
+            return [_row_to_file(row) for row in rows]
+
+    def image_in_use(self, sha256: str, excluding: Collection[str] = ()) -> bool:
+        """Whether a file outside ``excluding`` keeps this image."""
+        query = select(files.c.id).where(files.c.sha256 == sha256)
+        if excluding:
+            query = query.where(files.c.id.not_in(list(excluding)))
+        with translate_db_errors(), self._engine.connect() as conn:
+            return conn.execute(query.limit(1)).first() is not None
+
+
+def _row_to_file(row: RowMapping) -> StoredFile:
+    return StoredFile(
+        id=row["id"],
+        owner_id=row["owner_id"],
+        filename=row["filename"],
+        image=ImageRef(
+            sha256=row["sha256"],
+            content_type=row["content_type"],
+            size_bytes=row["size_bytes"],
+            width=row["width"],
+            height=row["height"],
+        ),
+        created_at=row["created_at"],
+    )

@@ -1,0 +1,154 @@
+"""/v1/files and jobs that name an uploaded file: real SQLite, S3 and Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from services.container import utcnow
+from services.db.schema import files
+from services.jobs.maintenance import remove_old_data
+from tests.conftest import auth
+from tests.helpers import chat_body, count_jobs, count_objects, make_image, queue_length
+
+
+def upload(client, key, data: bytes, name: str = "cat.png"):
+    return client.post(
+        "/v1/files",
+        data={"file": (io.BytesIO(data), name)},
+        headers=auth(key),
+        content_type="multipart/form-data",
+    )
+
+
+def file_job(file_id: str, **extra):
+    body = chat_body(None, **extra)
+    body["messages"][0]["content"].insert(
+        0, {"type": "image_file", "image_file": {"file_id": file_id}}
+    )
+    return body
+
+
+def count_files(container) -> int:
+    with container.db_engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(files)).scalar_one())
+
+
+def test_upload_answers_201_with_the_file_and_stores_the_image(client, container, user_key):
+    image = make_image(80, 60)
+    response = upload(client, user_key, image)
+    assert response.status_code == 201, response.json
+    body = response.json
+    assert (
+        body["id"].startswith("file_") and response.headers["Location"] == f"/v1/files/{body['id']}"
+    )
+    assert body["object"] == "file" and body["filename"] == "cat.png"
+    assert (body["bytes"], body["width"], body["height"]) == (len(image), 80, 60)
+    assert body["content_type"] == "image/png"
+    assert body["sha256"] == hashlib.sha256(image).hexdigest()
+    assert body["expires_at"] is not None  # the retention period (30 days by default)
+    key = f"images/{body['sha256'][:2]}/{body['sha256']}"
+    assert container.blobs.get(key) == image
+    assert client.get(f"/v1/files/{body['id']}", headers=auth(user_key)).json == body
+
+
+def test_bad_uploads_are_4xx_and_create_nothing(client, container, settings, s3_server, user_key):
+    cases = [
+        (upload(client, user_key, b"not an image", "x.txt"), 415, "unsupported_image_format"),
+        (upload(client, user_key, make_image(300, 300, "BMP")), 413, "image_too_large"),  # < 500 KB: werkzeug's test client spools bigger bodies to a file it never closes
+        (client.post("/v1/files", data={"purpose": "vision"}, headers=auth(user_key),
+                     content_type="multipart/form-data"), 422, "invalid_parameter"),
+        (client.post("/v1/files", json={"file": "x"}, headers=auth(user_key)),
+         415, "unsupported_media_type"),
+        (client.post("/v1/files", data={"file": (io.BytesIO(make_image()), "a.png"), "x": "1"},
+                     headers=auth(user_key), content_type="multipart/form-data"),
+         422, "invalid_parameter"),
+        (client.post("/v1/files", data={"file": (io.BytesIO(make_image()), "a.png")}),
+         401, "missing_api_key"),
+    ]  # fmt: skip
+    for response, status, code in cases:
+        assert (response.status_code, response.json["error"]["code"]) == (status, code)
+    assert count_files(container) == 0
+    assert count_objects(s3_server, settings.s3_bucket) == 0
+
+
+def test_files_are_private_to_their_key_and_listed_newest_first(client, user_key, other_key):
+    ids = [upload(client, user_key, make_image(20 + n, 20)).json["id"] for n in range(3)]
+    theirs = upload(client, other_key, make_image(50, 50)).json["id"]
+    assert client.get(f"/v1/files/{theirs}", headers=auth(user_key)).status_code == 404
+    assert client.delete(f"/v1/files/{theirs}", headers=auth(user_key)).status_code == 404
+    first = client.get("/v1/files?limit=2", headers=auth(user_key)).json
+    assert [f["id"] for f in first["data"]] == ids[::-1][:2] and first["has_more"] is True
+    rest = client.get(f"/v1/files?limit=2&after={first['last_id']}", headers=auth(user_key)).json
+    assert [f["id"] for f in rest["data"]] == [ids[0]] and rest["has_more"] is False
+    assert client.get("/v1/files?limit=0", headers=auth(user_key)).status_code == 422
+    assert client.get("/v1/files?sort=asc", headers=auth(user_key)).status_code == 422
+
+
+def test_a_job_names_an_uploaded_file(client, container, user_key):
+    image = make_image(70, 40)
+    file_id = upload(client, user_key, image).json["id"]
+    response = client.post("/v1/jobs", json=file_job(file_id), headers=auth(user_key))
+    assert response.status_code == 202, response.json
+    job = container.jobs.get(response.json["id"])
+    assert [ref.sha256 for ref in job.images] == [hashlib.sha256(image).hexdigest()]
+    assert container.blobs.get(job.images[0].key) == image
+
+
+def test_a_job_naming_a_missing_or_foreign_file_is_422_and_creates_nothing(
+    client, container, settings, user_key, other_key
+):
+    theirs = upload(client, other_key, make_image()).json["id"]
+    for file_id in (theirs, "file_doesnotexist"):
+        response = client.post("/v1/jobs", json=file_job(file_id), headers=auth(user_key))
+        assert response.status_code == 422
+        assert response.json["error"]["code"] == "file_not_found"
+    assert count_jobs(container.db_engine) == 0 and queue_length(settings.broker_url) == 0
+
+
+def test_delete_removes_the_file_and_its_image_unless_a_job_keeps_it(
+    client, container, settings, s3_server, user_key
+):
+    alone = upload(client, user_key, make_image(30, 30)).json
+    shared = upload(client, user_key, make_image(40, 40)).json
+    assert client.post("/v1/jobs", json=file_job(shared["id"]),
+                       headers=auth(user_key)).status_code == 202  # fmt: skip
+    assert count_objects(s3_server, settings.s3_bucket) == 2
+    for file in (alone, shared):
+        response = client.delete(f"/v1/files/{file['id']}", headers=auth(user_key))
+        assert response.json == {"id": file["id"], "object": "file", "deleted": True}
+        assert client.get(f"/v1/files/{file['id']}", headers=auth(user_key)).status_code == 404
+    # The queued job still needs the shared image; nothing needs the other one.
+    assert count_objects(s3_server, settings.s3_bucket) == 1
+    assert container.blobs.exists(f"images/{shared['sha256'][:2]}/{shared['sha256']}")
+    assert client.delete(f"/v1/files/{alone['id']}", headers=auth(user_key)).status_code == 404
+
+
+def test_retention_removes_old_files_and_keeps_images_that_files_keep(
+    client, container, settings, s3_server, user_key
+):
+    old = upload(client, user_key, make_image(30, 30)).json
+    job_id = client.post("/v1/jobs", json=chat_body(make_image(44, 44)),
+                         headers=auth(user_key)).json["id"]  # fmt: skip
+    job = container.jobs.claim(job_id, utcnow(), timedelta(seconds=60))
+    assert container.jobs.succeed(
+        job_id, job.attempts, utcnow(), text="t", finish_reason="stop",
+        prompt_tokens=1, completion_tokens=1,
+    )  # fmt: skip
+    # A file uploaded later keeps the finished job's image past the job's retention.
+    kept = upload(client, user_key, make_image(44, 44)).json
+    files_ = container.files
+    later = utcnow() + timedelta(days=31)
+    report = remove_old_data(container.jobs, container.blobs, later, timedelta(days=30),
+                             kept_elsewhere=files_.keeps_image)  # fmt: skip
+    assert report.jobs == 1 and report.images_deleted == 0
+    assert container.blobs.exists(f"images/{kept['sha256'][:2]}/{kept['sha256']}")
+    # The file retention: both files are past it once 31 days have gone by.
+    assert files_.remove_expired(utcnow()) == 0
+    assert files_.remove_expired(later) == 2
+    assert count_files(container) == 0
+    assert count_objects(s3_server, settings.s3_bucket) == 0
+    assert old["expires_at"] is not None
