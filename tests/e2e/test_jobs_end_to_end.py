@@ -69,6 +69,26 @@ def test_e2e_multipart_job_succeeds(worker, e2e_client, e2e_key):
     assert_succeeded(body)
 
 
+def test_e2e_uploaded_file_job_succeeds(worker, e2e_client, e2e_key):
+    uploaded = e2e_client.post(
+        "/v1/files",
+        data={"file": (io.BytesIO(make_image(60, 60, "JPEG")), "y.jpg")},
+        headers=auth(e2e_key),
+        content_type="multipart/form-data",
+    )
+    assert uploaded.status_code == 201, uploaded.json
+    body = chat_body(None, max_tokens=4)
+    body["messages"][0]["content"].insert(
+        0, {"type": "image_file", "image_file": {"file_id": uploaded.json["id"]}}
+    )
+    response = e2e_client.post("/v1/jobs", json=body, headers=auth(e2e_key))
+    assert response.status_code == 202, response.json
+    done = wait_for(
+        lambda: e2e_client.get(response.headers["Location"], headers=auth(e2e_key)).json
+    )
+    assert_succeeded(done)
+
+
 def test_e2e_duplicate_delivery_runs_model_once(worker, e2e_client, e2e_container, e2e_key):
     response = e2e_client.post(
         "/v1/jobs", json=chat_body(make_image(), max_tokens=4), headers=auth(e2e_key)
