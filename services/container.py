@@ -154,7 +154,11 @@ def build_container(
             settings=settings, store=webhook_store, jobs=jobs, queue=webhook_producer, clock=utcnow
         ),
         monitor=build_monitor(
-            settings, engine, utcnow, webhook_outcomes=webhook_store.attempt_outcomes
+            settings,
+            engine,
+            utcnow,
+            registry=registry,
+            webhook_outcomes=webhook_store.attempt_outcomes,
         ),
         notifier=notifier,
         waiter=JobWaiter(settings.redis_url, settings.max_waiters_per_process),

@@ -81,6 +81,7 @@ class ModelSpec:
     # Llama 3.2 Vision's chat template refuses a system message in a prompt with an image.
     system_prompt_with_images: bool = False
     engine_args: EngineArgs = field(default_factory=EngineArgs)
+    queue: str = "inference"  # the Celery queue its jobs go to (LOUPE_MODEL_QUEUES)
 
     @property
     def features(self) -> frozenset[str]:
@@ -106,11 +107,24 @@ class ModelSpec:
 class ModelRegistry:
     """Lookup of served models by public name."""
 
-    def __init__(self, specs: list[ModelSpec]) -> None:
+    def __init__(self, specs: list[ModelSpec], default_queue: str = "inference") -> None:
         for spec in specs:
             if spec.engine not in ENGINES:
                 raise ConfigurationError(f"model {spec.name}: unknown engine {spec.engine!r}")
         self._specs = {spec.name: spec for spec in specs}
+        self.default_queue = default_queue
+
+    def queue_for(self, model: str) -> str:
+        """The Celery queue of ``model``'s jobs (the default queue for a model not served here)."""
+        spec = self._specs.get(model)
+        return spec.queue if spec is not None else self.default_queue
+
+    def queues(self) -> tuple[str, ...]:
+        """Every queue that carries jobs: the default one first, then per-model ones."""
+        return tuple(dict.fromkeys([self.default_queue, *(s.queue for s in self._specs.values())]))
+
+    def models_on(self, queue: str) -> tuple[str, ...]:
+        return tuple(s.name for s in self._specs.values() if s.queue == queue)
 
     def worker_concurrency(self, settings: Settings) -> int:
         """Celery threads for a worker: LOUPE_WORKER_CONCURRENCY, else its model's max_num_seqs."""
@@ -222,12 +236,23 @@ def build_registry(settings: Settings) -> ModelRegistry:
             ),
         ),
     ]
+    specs = _apply_queues(specs, settings)
     if settings.served_models:
         unknown = set(settings.served_models) - {s.name for s in specs}
         if unknown:
             raise ConfigurationError(f"LOUPE_SERVED_MODELS names unknown models: {sorted(unknown)}")
         specs = [s for s in specs if s.name in settings.served_models]
-    return ModelRegistry(_apply_price_overrides(specs, settings))
+    return ModelRegistry(_apply_price_overrides(specs, settings), settings.inference_queue)
+
+
+def _apply_queues(specs: list[ModelSpec], settings: Settings) -> list[ModelSpec]:
+    """``LOUPE_MODEL_QUEUES``, checked against every known model (a worker that serves a few of
+    them shares the deployment's mapping)."""
+    routes = dict(settings.model_queues)
+    unknown = set(routes) - {s.name for s in specs}
+    if unknown:
+        raise ConfigurationError(f"LOUPE_MODEL_QUEUES names unknown models: {sorted(unknown)}")
+    return [replace(s, queue=routes.get(s.name, settings.inference_queue)) for s in specs]
 
 
 def _apply_price_overrides(specs: list[ModelSpec], settings: Settings) -> list[ModelSpec]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -57,6 +58,10 @@ class Settings:
     tensor_parallel_size: int = 8
     cancel_poll_ms: int = 250
     inference_queue: str = "inference"
+    # (model, queue) pairs: a model's jobs go to its own Celery queue, so GPU pools that serve
+    # different models (11B on one card, 90B across eight) each consume only their own jobs.
+    # Models not named here use ``inference_queue``.
+    model_queues: tuple[tuple[str, str], ...] = ()
     engine_device: str = "cpu"
     log_level: str = "INFO"
     # Time a job may wait in the queue before it ends ``expired`` (None: forever).
@@ -131,6 +136,25 @@ def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[
     if raw is None or raw.strip() == "":
         return default
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def _model_queues(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """``LOUPE_MODEL_QUEUES``: ``model=queue,model=queue``."""
+    pairs: dict[str, str] = {}
+    for part in _list(env, "MODEL_QUEUES", ()):
+        model, sep, queue = (x.strip() for x in part.partition("="))
+        if not sep or not model or not _QUEUE_NAME.match(queue):
+            raise ConfigurationError(
+                f"{_PREFIX}MODEL_QUEUES: {part!r} is not model=queue (a queue name is letters, "
+                "digits, '.', '_' and '-'; ':' separates kombu's priority lists)"
+            )
+        if model in pairs:
+            raise ConfigurationError(f"{_PREFIX}MODEL_QUEUES names {model!r} twice")
+        pairs[model] = queue
+    return tuple(pairs.items())
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -282,6 +306,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         tensor_parallel_size=_int(env, "TENSOR_PARALLEL_SIZE", defaults.tensor_parallel_size, 1),
         cancel_poll_ms=_int(env, "CANCEL_POLL_MS", defaults.cancel_poll_ms, 10),
         inference_queue=_str(env, "INFERENCE_QUEUE", defaults.inference_queue),
+        model_queues=_model_queues(env),
         engine_device=_str(env, "ENGINE_DEVICE", defaults.engine_device),
         log_level=_str(env, "LOG_LEVEL", defaults.log_level).upper(),
         default_ttl_seconds=_opt_int(env, "DEFAULT_TTL_SECONDS", 1),
@@ -325,6 +350,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigurationError(
             "LOUPE_HEARTBEAT_TTL_SECONDS must exceed LOUPE_HEARTBEAT_SECONDS, "
             "or live workers blink out of the admin view between heartbeats"
+        )
+    side_queues = {settings.webhook_queue, settings.maintenance_queue}
+    if side_queues & {queue for _, queue in settings.model_queues}:
+        raise ConfigurationError(
+            "LOUPE_MODEL_QUEUES may not route jobs to the webhooks or maintenance queue"
         )
     if settings.visibility_timeout_seconds <= settings.max_job_timeout_seconds:
         raise ConfigurationError(

@@ -46,6 +46,11 @@ def process_job(job_id: str, ctx: WorkerContext) -> Outcome:
     if current.status.terminal:
         log.info("job %s: duplicate message ignored (already %s)", job_id, current.status.value)
         return Outcome.SKIPPED
+    if current.model not in ctx.registry:
+        # Sent to a queue this worker consumes, for a model it does not serve (LOUPE_MODEL_QUEUES
+        # and the workers' -Q / LOUPE_SERVED_MODELS disagree, or a shared queue). Leave the job
+        # queued and retry the message: a worker that serves the model may take it.
+        raise RetryLater(f"model {current.model!r} is not served by this worker")
     now = ctx.clock()
     overdue = current.expires_at is not None and current.expires_at <= now
     if overdue and ctx.store.expire_queued(job_id, now):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -30,6 +30,7 @@ from services.admin.models import (
 )
 from services.admin.sql_stats import SqlJobStats, TotalsCache
 from services.jobs.models import Priority
+from services.models_registry import ModelRegistry
 from services.settings import Settings
 
 # Returns {outcome: count} of webhook deliveries (e.g. from a ``webhook_deliveries`` table).
@@ -48,6 +49,7 @@ class WorkerDirectory(Protocol):
 
 class JobStats(Protocol):
     def counts(self) -> JobCounts: ...
+    def oldest(self, models: Collection[str]) -> dict[Priority, datetime]: ...
     def windows(self, now: datetime) -> tuple[WindowStats, ...]: ...
     def recent_failures(self) -> tuple[Failure, ...]: ...
 
@@ -56,9 +58,21 @@ class Totals(Protocol):
     def totals(self, now: datetime) -> dict[str, ModelTotals]: ...
 
 
-def monitored_queues(settings: Settings) -> tuple[str, ...]:
-    """The Celery queues the admin views report. Jobs' SQL rows belong to the inference queue."""
-    return (settings.inference_queue, settings.webhook_queue, settings.maintenance_queue)
+def monitored_queues(
+    settings: Settings, job_queues: Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """The Celery queues the admin views report: the job queues (the inference queue, and any
+    per-model ones), then the webhooks and maintenance queues."""
+    jobs = tuple(job_queues) if job_queues else (settings.inference_queue,)
+    return (*jobs, settings.webhook_queue, settings.maintenance_queue)
+
+
+def job_queue_models(registry: ModelRegistry) -> dict[str, tuple[str, ...] | None]:
+    """Each job queue and the models whose jobs it carries (None: every model, one queue)."""
+    queues = registry.queues()
+    if len(queues) == 1:
+        return {queues[0]: None}
+    return {queue: registry.models_on(queue) for queue in queues}
 
 
 class Monitor:
@@ -68,7 +82,7 @@ class Monitor:
         self,
         *,
         queues: Sequence[str],
-        sql_queue: str,
+        sql_queues: Mapping[str, tuple[str, ...] | None],
         broker: BrokerStats,
         workers: WorkerDirectory,
         stats: JobStats,
@@ -77,10 +91,11 @@ class Monitor:
         cache_seconds: float = 1.0,
         webhook_outcomes: WebhookOutcomes | None = None,
     ) -> None:
-        """``sql_queue`` is the queue whose jobs are rows of the ``jobs`` table: its oldest
-        queued age comes from SQL. Other queues (webhooks) report depth and unacked only."""
+        """``sql_queues``: the queues whose jobs are rows of the ``jobs`` table, each with the
+        models it carries (None: all of them); their oldest queued age comes from SQL. Other
+        queues (webhooks, maintenance) report depth and unacked only."""
         self.queues = tuple(queues)
-        self._sql_queue = sql_queue
+        self._sql_queues = dict(sql_queues)
         self._broker = broker
         self._workers = workers
         self._stats = stats
@@ -109,10 +124,14 @@ class Monitor:
         counts = self._stats.counts()
         queues = []
         for queue in self.queues:
+            oldest: Mapping[Priority, datetime] = {}
+            if queue in self._sql_queues:
+                models = self._sql_queues[queue]
+                oldest = counts.oldest_queued if models is None else self._stats.oldest(models)
             priorities = []
             for priority, (list_name, depth) in depths[queue].items():
                 age = None
-                created = counts.oldest_queued.get(priority) if queue == self._sql_queue else None
+                created = oldest.get(priority)
                 if created is not None:
                     age = round(max(0.0, (now - created).total_seconds()), 3)
                 priorities.append(PriorityDepth(priority, list_name, depth, age))
@@ -142,19 +161,24 @@ def build_monitor(
     clock: Callable[[], datetime],
     *,
     queues: Sequence[str] | None = None,
+    registry: ModelRegistry | None = None,
     webhook_outcomes: WebhookOutcomes | None = None,
 ) -> Monitor:
     """The real monitor over the broker's Redis database and the SQL job store.
 
-    ``queues`` defaults to :func:`monitored_queues`; ``webhook_outcomes`` feeds
+    ``queues`` defaults to :func:`monitored_queues` (with ``registry``'s job queues);
+    ``webhook_outcomes`` feeds
     ``loupe_webhook_deliveries_total`` (absent: the family is reported empty).
     """
     # One client (one connection pool) for the lists and the heartbeats; closing it twice is fine.
     client = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
     stats = SqlJobStats(engine)
+    job_queues = (
+        job_queue_models(registry) if registry is not None else {settings.inference_queue: None}
+    )
     return Monitor(
-        queues=queues if queues is not None else monitored_queues(settings),
-        sql_queue=settings.inference_queue,
+        queues=queues if queues is not None else monitored_queues(settings, list(job_queues)),
+        sql_queues=job_queues,
         broker=RedisBrokerStats(client),
         workers=RedisHeartbeats(client),
         stats=stats,

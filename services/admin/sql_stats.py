@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Float, Text, and_, case, cast, func, literal, select
+from sqlalchemy import Connection, Engine, Float, Text, and_, case, cast, func, literal, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
@@ -107,21 +107,15 @@ class SqlJobStats:
                     .group_by(jobs.c.model)
                 )
             }
-            # One index seek per priority (ix_jobs_status_priority_created), however deep the
-            # queue: a GROUP BY would read every queued row.
-            oldest = {}
-            for priority in Priority:
-                created = conn.execute(
-                    select(func.min(jobs.c.created_at)).where(
-                        jobs.c.status == JobStatus.QUEUED.value,
-                        jobs.c.priority == priority.value,
-                    )
-                ).scalar_one()
-                if created is not None:
-                    oldest[priority] = created
+            oldest = _oldest_queued(conn, None)
         for status in JobStatus:
             by_status.setdefault(status.value, 0)
         return JobCounts(by_status=by_status, running_by_model=running, oldest_queued=oldest)
+
+    def oldest(self, models: Collection[str]) -> dict[Priority, datetime]:
+        """Oldest queued job per priority among ``models`` (one per-model queue)."""
+        with translate_db_errors(), self._engine.connect() as conn:
+            return _oldest_queued(conn, models)
 
     def windows(
         self, now: datetime, minutes: Sequence[int] = WINDOWS_MINUTES, cap: int = WINDOW_ROW_CAP
@@ -287,3 +281,19 @@ class TotalsCache:
                 self._watermark = cut
             recent = self._stats.totals(after=self._watermark)
             return merge_totals(self._prefix, recent)
+
+
+def _oldest_queued(conn: Connection, models: Collection[str] | None) -> dict[Priority, datetime]:
+    """One index seek per priority (ix_jobs_status_priority_created), however deep the queue: a
+    GROUP BY would read every queued row. ``models`` narrows it to one per-model queue's jobs."""
+    oldest = {}
+    for priority in Priority:
+        query = select(func.min(jobs.c.created_at)).where(
+            jobs.c.status == JobStatus.QUEUED.value, jobs.c.priority == priority.value
+        )
+        if models is not None:
+            query = query.where(jobs.c.model.in_(list(models)))
+        created = conn.execute(query).scalar_one()
+        if created is not None:
+            oldest[priority] = created
+    return oldest

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from services.jobs.events import JobEvents
 from services.jobs.queue import QueuedMessages, TaskQueue
@@ -80,11 +81,18 @@ def remove_old_data(
     return RetentionReport(jobs=cleared, images_deleted=deleted)
 
 
+class QueueRoutes(Protocol):
+    """Which queue carries a model's jobs (``ModelRegistry`` is one)."""
+
+    def queue_for(self, model: str) -> str: ...
+    def queues(self) -> tuple[str, ...]: ...
+
+
 def requeue_lost(
     store: JobStore,
     broker: QueuedMessages,
     queue: TaskQueue,
-    queue_name: str,
+    routes: QueueRoutes,
     now: datetime,
     grace: timedelta,
     limit: int = 1000,
@@ -100,14 +108,12 @@ def requeue_lost(
     abandoned = store.lease_expired(now, limit)
     if not stale and not abandoned:
         return 0
-    held = broker.held(queue_name)
-    lost = [(job_id, p, "queued with no message") for job_id, p in stale if job_id not in held.all]
-    lost += [
-        (job_id, p, "its worker's lease ran out")
-        for job_id, p in abandoned
-        if job_id not in held.waiting
-    ]
-    for job_id, priority, why in lost:
-        queue.enqueue_inference(job_id, priority)
-        log.warning("job %s: %s; published it again", job_id, why)
+    held = [broker.held(name) for name in routes.queues()]
+    anywhere = frozenset().union(*(h.all for h in held))
+    waiting = frozenset().union(*(h.waiting for h in held))
+    lost = [(job, "queued with no message") for job in stale if job.id not in anywhere]
+    lost += [(job, "its worker's lease ran out") for job in abandoned if job.id not in waiting]
+    for job, why in lost:
+        queue.enqueue_inference(job.id, job.priority, routes.queue_for(job.model))
+        log.warning("job %s: %s; published it again", job.id, why)
     return len(lost)

@@ -107,7 +107,11 @@ def _unacked_task_id(raw: bytes | str, queue: str) -> str:
 
 
 class TaskQueue(Protocol):
-    def enqueue_inference(self, job_id: str, priority: Priority = Priority.NORMAL) -> None: ...
+    def enqueue_inference(
+        self, job_id: str, priority: Priority = Priority.NORMAL, queue: str | None = None
+    ) -> None:
+        """Publish ``job_id``'s message on ``queue`` (default: the inference queue)."""
+        ...
 
 
 class CeleryProducer:
@@ -152,12 +156,14 @@ class CeleryTaskQueue:
         self._queue = settings.inference_queue
         self._producer = CeleryProducer(settings)
 
-    def enqueue_inference(self, job_id: str, priority: Priority = Priority.NORMAL) -> None:
+    def enqueue_inference(
+        self, job_id: str, priority: Priority = Priority.NORMAL, queue: str | None = None
+    ) -> None:
         # The task id is the job id, so the message and the job are easy to match in the broker.
         self._producer.send(
             INFERENCE_TASK,
             [job_id],
-            self._queue,
+            queue or self._queue,
             task_id=job_id,
             priority=priority.broker_priority,
         )

@@ -234,7 +234,7 @@ class JobService:
                 now,
             )
         try:
-            self._queue.enqueue_inference(job.id, job.priority)
+            self._queue.enqueue_inference(job.id, job.priority, spec.queue)
         except Unavailable:
             # Enqueue after commit failed: take the job back so the client never sees a job
             # that will not run. The content-addressed image may stay; it is shared and harmless.
@@ -272,8 +272,12 @@ class JobService:
         """Position and estimated start of a queued job (None once it left the queue)."""
         if job.status is not JobStatus.QUEUED:
             return None
-        ahead = self._store.queued_ahead(job)
-        finished = self._store.completed_since(self._clock() - THROUGHPUT_WINDOW)
+        # With per-model queues, only the jobs of models that share this job's queue count.
+        models = None
+        if len(self._registry.queues()) > 1:
+            models = self._registry.models_on(self._registry.queue_for(job.model)) or (job.model,)
+        ahead = self._store.queued_ahead(job, models)
+        finished = self._store.completed_since(self._clock() - THROUGHPUT_WINDOW, models)
         rate = finished / THROUGHPUT_WINDOW.total_seconds()
         eta = round(ahead / rate, 1) if rate > 0 else (0.0 if ahead == 0 else None)
         return QueueInfo(position=ahead, estimated_start_seconds=eta)

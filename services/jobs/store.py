@@ -6,10 +6,10 @@ redelivered message, a duplicate worker or a racing cancel can never double-run 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import Engine, Text, and_, cast, delete, func, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
@@ -49,6 +49,14 @@ class Cursor:
 
     created_at: datetime
     job_id: str
+
+
+class JobRoute(NamedTuple):
+    """What it takes to publish a job's message again: its id, priority and model (queue)."""
+
+    id: str
+    priority: Priority
+    model: str
 
 
 class JobStore(Protocol):
@@ -94,16 +102,16 @@ class JobStore(Protocol):
     ) -> bool: ...
     def expire_queued(self, job_id: str, now: datetime) -> bool: ...
     def overdue_queued(self, now: datetime, limit: int) -> list[str]: ...
-    def queued_since_before(self, cutoff: datetime, limit: int) -> list[tuple[str, Priority]]: ...
-    def lease_expired(self, now: datetime, limit: int) -> list[tuple[str, Priority]]: ...
+    def queued_since_before(self, cutoff: datetime, limit: int) -> list[JobRoute]: ...
+    def lease_expired(self, now: datetime, limit: int) -> list[JobRoute]: ...
     def find_idempotent(self, owner_id: str, key: str) -> Job | None: ...
     def forget_idempotency_key(self, job_id: str) -> None: ...
     def request_hash(self, job_id: str) -> str | None: ...
     def list_for_owner(
         self, owner_id: str, where: JobFilter, limit: int, after: Cursor | None
     ) -> list[Job]: ...
-    def queued_ahead(self, job: Job) -> int: ...
-    def completed_since(self, since: datetime) -> int: ...
+    def queued_ahead(self, job: Job, models: Collection[str] | None = None) -> int: ...
+    def completed_since(self, since: datetime, models: Collection[str] | None = None) -> int: ...
     def retention_due(self, cutoff: datetime, limit: int) -> list[Job]: ...
     def image_in_use(self, image_key: str, excluding: Sequence[str]) -> bool: ...
     def remove_data(self, job_id: str, now: datetime) -> bool: ...
@@ -335,28 +343,28 @@ class SqlJobStore:
             )
             return [row[0] for row in rows]
 
-    def queued_since_before(self, cutoff: datetime, limit: int) -> list[tuple[str, Priority]]:
-        """(id, priority) of jobs created before ``cutoff`` and still queued, oldest first."""
+    def queued_since_before(self, cutoff: datetime, limit: int) -> list[JobRoute]:
+        """Jobs created before ``cutoff`` and still queued, oldest first."""
         with translate_db_errors(), self._engine.connect() as conn:
             rows = conn.execute(
-                select(jobs.c.id, jobs.c.priority)
+                select(jobs.c.id, jobs.c.priority, jobs.c.model)
                 .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.created_at < cutoff)
                 .order_by(jobs.c.created_at)
                 .limit(limit)
             )
-            return [(row[0], Priority(row[1])) for row in rows]
+            return [JobRoute(row[0], Priority(row[1]), row[2]) for row in rows]
 
-    def lease_expired(self, now: datetime, limit: int) -> list[tuple[str, Priority]]:
-        """(id, priority) of running jobs whose lease ran out: their worker died (a live one
-        ends every job by its timeout, and the lease is the timeout plus a grace)."""
+    def lease_expired(self, now: datetime, limit: int) -> list[JobRoute]:
+        """Running jobs whose lease ran out: their worker died (a live one ends every job by
+        its timeout, and the lease is the timeout plus a grace)."""
         with translate_db_errors(), self._engine.connect() as conn:
             rows = conn.execute(
-                select(jobs.c.id, jobs.c.priority)
+                select(jobs.c.id, jobs.c.priority, jobs.c.model)
                 .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at < now)
                 .order_by(jobs.c.lease_expires_at)
                 .limit(limit)
             )
-            return [(row[0], Priority(row[1])) for row in rows]
+            return [JobRoute(row[0], Priority(row[1]), row[2]) for row in rows]
 
     def find_idempotent(self, owner_id: str, key: str) -> Job | None:
         with translate_db_errors(), self._engine.connect() as conn:
@@ -411,32 +419,35 @@ class SqlJobStore:
             ).mappings()
             return [_row_to_job(row) for row in rows]
 
-    def queued_ahead(self, job: Job) -> int:
-        """Queued jobs a worker will take before ``job``: higher priority, or same and older."""
+    def queued_ahead(self, job: Job, models: Collection[str] | None = None) -> int:
+        """Queued jobs a worker will take before ``job``: higher priority, or same and older
+        (of ``models`` only: those that share its queue, when models have queues of their own)."""
         higher = [p.value for p in Priority if p.broker_priority < job.priority.broker_priority]
-        with translate_db_errors(), self._engine.connect() as conn:
-            count = conn.execute(
-                select(func.count())
-                .select_from(jobs)
-                .where(
-                    jobs.c.status == JobStatus.QUEUED.value,
-                    or_(
-                        jobs.c.priority.in_(higher),
-                        and_(
-                            jobs.c.priority == job.priority.value,
-                            jobs.c.created_at < job.created_at,
-                        ),
+        query = (
+            select(func.count())
+            .select_from(jobs)
+            .where(
+                jobs.c.status == JobStatus.QUEUED.value,
+                or_(
+                    jobs.c.priority.in_(higher),
+                    and_(
+                        jobs.c.priority == job.priority.value,
+                        jobs.c.created_at < job.created_at,
                     ),
-                )
-            ).scalar_one()
-        return int(count)
-
-    def completed_since(self, since: datetime) -> int:
+                ),
+            )
+        )
+        if models is not None:
+            query = query.where(jobs.c.model.in_(list(models)))
         with translate_db_errors(), self._engine.connect() as conn:
-            count = conn.execute(
-                select(func.count()).select_from(jobs).where(jobs.c.completed_at >= since)
-            ).scalar_one()
-        return int(count)
+            return int(conn.execute(query).scalar_one())
+
+    def completed_since(self, since: datetime, models: Collection[str] | None = None) -> int:
+        query = select(func.count()).select_from(jobs).where(jobs.c.completed_at >= since)
+        if models is not None:
+            query = query.where(jobs.c.model.in_(list(models)))
+        with translate_db_errors(), self._engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def retention_due(self, cutoff: datetime, limit: int) -> list[Job]:
         """Finished jobs older than ``cutoff`` whose data is still kept."""

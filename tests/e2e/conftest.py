@@ -92,10 +92,15 @@ def process_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def start_worker(
-    env: dict[str, str], log: Path, name: str, *, app: str = "workers.celery_app"
+    env: dict[str, str],
+    log: Path,
+    name: str,
+    *,
+    app: str = "workers.celery_app",
+    queues: str = "inference",
 ) -> Proc:
     argv = [
-        str(BIN / "celery"), "-A", app, "worker", "-Q", "inference",
+        str(BIN / "celery"), "-A", app, "worker", "-Q", queues,
         "--pool", "threads", "--concurrency", env["LOUPE_WORKER_CONCURRENCY"],
         "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle",
         "--loglevel", "INFO", "-n", f"{name}@%h",

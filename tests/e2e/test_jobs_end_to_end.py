@@ -8,12 +8,18 @@ import time
 from typing import Any
 
 import pytest
+import redis
 import requests
 
+from services.api.app import create_app
+from services.auth.keys import Role
+from services.container import build_container, utcnow
 from services.jobs.models import JobStatus
 from services.jobs.queue import CeleryProducer
+from services.models_registry import TINY_MODEL
+from services.settings import load_settings
 from tests.conftest import auth
-from tests.e2e.conftest import start_api, start_worker
+from tests.e2e.conftest import make_env, start_api, start_worker
 from tests.helpers import chat_body, make_image
 
 pytestmark = pytest.mark.e2e
@@ -135,3 +141,32 @@ def test_e2e_worker_refuses_to_start_without_its_model(e2e_env, tmp_path):
     env = e2e_env | {"LOUPE_DEFAULT_MODEL": "llama-3.2-11b-vision-instruct"}
     with pytest.raises(RuntimeError, match=r"cannot load model llama-3\.2-11b-vision-instruct"):
         start_worker(env, tmp_path / "worker.log", "broken")
+
+
+def test_e2e_a_model_on_its_own_queue_is_run_by_the_worker_of_that_queue(
+    redis_server, s3_server, models_dir, tmp_path
+):
+    # LOUPE_MODEL_QUEUES sends the tiny model's jobs to "tiny-pool"; the only worker consumes
+    # that queue alone (as a GPU pool for one model would), and nothing waits on "inference".
+    env = make_env(redis_server, s3_server, models_dir, tmp_path, redis_db=5) | {
+        "LOUPE_MODEL_QUEUES": f"{TINY_MODEL}=tiny-pool"
+    }
+    broker = redis.Redis.from_url(env["LOUPE_BROKER_URL"])
+    broker.flushdb()
+    container = build_container(load_settings(env))
+    pool = start_worker(env, tmp_path / "pool.log", "pool", queues="tiny-pool")
+    try:
+        client = create_app(container=container).test_client()
+        key = container.keys.create("pool", Role.USER, utcnow())[1]
+        response = client.post(
+            "/v1/jobs", json=chat_body(make_image(), max_tokens=4), headers=auth(key)
+        )
+        assert response.status_code == 202, response.json
+        body = wait_for(lambda: client.get(response.headers["Location"], headers=auth(key)).json)
+        assert_succeeded(body)
+        assert broker.llen("inference") == broker.llen("inference:5") == 0
+        assert "tiny-pool" in pool.log_text()
+    finally:
+        pool.stop()
+        container.close()
+        broker.close()

@@ -294,3 +294,14 @@ def test_pipeline_expired_job_never_runs_nor_charges(store):
     assert job.prompt_tokens is None and job.completion_tokens is None
     assert events.seen == [(job_id, "expired")]
     assert process_job(job_id, ctx) is Outcome.SKIPPED
+
+
+def test_pipeline_leaves_a_job_of_a_model_it_does_not_serve_queued_and_retries(store):
+    engine = FakeEngine()
+    ctx = _ctx(store, engine)
+    job_id = _queue_job(store, ctx)
+    ctx.registry = build_registry(Settings(served_models=("llama-3.2-90b-vision-instruct",)))
+    with pytest.raises(RetryLater, match="not served by this worker"):
+        process_job(job_id, ctx)
+    job = store.get(job_id)
+    assert (job.status, job.attempts) == (JobStatus.QUEUED, 0) and engine.calls == []

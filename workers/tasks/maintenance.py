@@ -65,7 +65,7 @@ def requeue_lost_jobs(self: Task[Any, Any]) -> int:
             ctx.store,
             broker,
             ctx.container.queue,
-            ctx.settings.inference_queue,
+            ctx.registry,
             ctx.clock(),
             LOST_JOB_GRACE,
         )

@@ -136,15 +136,22 @@ def test_requeue_lost_publishes_again_only_old_queued_jobs_with_no_message(
         grace = timedelta(minutes=2)
         # Younger than the grace period: the API may be between its commit and its publish.
         assert (
-            requeue_lost(container.jobs, scan, container.queue, "inference", utcnow(), grace) == 0
+            requeue_lost(container.jobs, scan, container.queue, container.registry, utcnow(), grace)
+            == 0
         )
         later = utcnow() + timedelta(minutes=3)
-        assert requeue_lost(container.jobs, scan, container.queue, "inference", later, grace) == 2
+        assert (
+            requeue_lost(container.jobs, scan, container.queue, container.registry, later, grace)
+            == 2
+        )
         assert scan.held("inference").all == {kept, lost, lost_low}
         assert any(json.loads(raw)["headers"]["id"] == lost_low
                    for raw in broker.lrange("inference:9", 0, -1))  # fmt: skip
         # Nothing lost any more: a second sweep publishes nothing, so no duplicates pile up.
-        assert requeue_lost(container.jobs, scan, container.queue, "inference", later, grace) == 0
+        assert (
+            requeue_lost(container.jobs, scan, container.queue, container.registry, later, grace)
+            == 0
+        )
         assert sum(broker.llen(n) for n in priority_queue_names("inference").values()) == 3
     finally:
         broker.close()
@@ -176,13 +183,21 @@ def test_requeue_lost_publishes_again_a_running_job_whose_worker_died(client, co
         assert container.jobs.claim(dead, now, timedelta(seconds=30)) is not None
         assert container.jobs.claim(alive, now, timedelta(minutes=10)) is not None
         grace = timedelta(minutes=2)
-        assert requeue_lost(container.jobs, scan, container.queue, "inference", now, grace) == 0
+        assert (
+            requeue_lost(container.jobs, scan, container.queue, container.registry, now, grace) == 0
+        )
         # 5 minutes on, the first lease ran out: that worker is gone (a live one ends every job
         # by its timeout). Its unacked message would only come back after the visibility timeout.
         later = now + timedelta(minutes=5)
-        assert requeue_lost(container.jobs, scan, container.queue, "inference", later, grace) == 1
+        assert (
+            requeue_lost(container.jobs, scan, container.queue, container.registry, later, grace)
+            == 1
+        )
         assert scan.held("inference").waiting == {dead}
-        assert requeue_lost(container.jobs, scan, container.queue, "inference", later, grace) == 0
+        assert (
+            requeue_lost(container.jobs, scan, container.queue, container.registry, later, grace)
+            == 0
+        )
         # A worker takes the new message: the claim takes the job over, with a new attempt.
         taken = container.jobs.claim(dead, later, timedelta(seconds=30))
         assert taken is not None and taken.attempts == 2

@@ -1,0 +1,111 @@
+"""LOUPE_MODEL_QUEUES: per-model Celery queues, from settings to the broker, the queue position,
+the admin view and the lost-job sweep (real SQLite, S3 and Redis)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+import redis
+
+from services.auth.keys import Role
+from services.container import utcnow
+from services.errors import ConfigurationError
+from services.jobs.maintenance import requeue_lost
+from services.jobs.queue import RedisQueuedMessages
+from services.models_registry import LLAMA_11B, LLAMA_90B, TINY_MODEL, build_registry
+from services.settings import Settings, load_settings
+from tests.conftest import auth, make_bucket, make_settings
+from tests.helpers import chat_body, make_image
+
+
+def test_model_queues_parse_and_refuse_bad_values():
+    settings = load_settings({"LOUPE_MODEL_QUEUES": f"{LLAMA_90B}=gpu-90b, {LLAMA_11B}=gpu.11b"})
+    assert settings.model_queues == ((LLAMA_90B, "gpu-90b"), (LLAMA_11B, "gpu.11b"))
+    for bad in (f"{LLAMA_90B}", f"{LLAMA_90B}=gpu:9", f"{LLAMA_90B}=a,{LLAMA_90B}=b",
+                f"{LLAMA_90B}=webhooks", "=x"):  # fmt: skip
+        with pytest.raises(ConfigurationError):
+            load_settings({"LOUPE_MODEL_QUEUES": bad})
+
+
+def test_registry_routes_models_to_their_queues():
+    routes = ((LLAMA_90B, "gpu-90b"),)
+    registry = build_registry(Settings(model_queues=routes))
+    assert registry.queue_for(LLAMA_90B) == "gpu-90b"
+    assert registry.queue_for(TINY_MODEL) == "inference"
+    assert registry.queue_for("not-a-model") == "inference"
+    assert registry.queues() == ("inference", "gpu-90b")
+    assert registry.models_on("gpu-90b") == (LLAMA_90B,)
+    # A worker that serves only some models shares the deployment's mapping.
+    worker = build_registry(Settings(model_queues=routes, served_models=(LLAMA_90B,)))
+    assert worker.queues() == ("inference", "gpu-90b") and worker.queue_for(LLAMA_90B) == "gpu-90b"
+    with pytest.raises(ConfigurationError, match="unknown models"):
+        build_registry(Settings(model_queues=(("nope", "q"),)))
+
+
+@pytest.fixture
+def settings(sqlite_url, broker_url, s3_server, models_dir):
+    return make_settings(
+        database_url=sqlite_url,
+        broker_url=broker_url,
+        s3=s3_server,
+        bucket=make_bucket(s3_server),
+        models_dir=models_dir,
+        model_queues=f"{LLAMA_90B}=gpu-90b",
+        metrics_cache_ms=0,
+    )
+
+
+def _ids_in(client: redis.Redis, list_name: str) -> list[str]:
+    return [json.loads(raw)["headers"]["id"] for raw in client.lrange(list_name, 0, -1)]
+
+
+def test_jobs_go_to_their_models_queue_and_queue_position_counts_that_queue(
+    client, container, settings, user_key
+):
+    def submit(model, **extra):
+        body = chat_body(make_image(), model=model, **extra)
+        return client.post("/v1/jobs", json=body, headers=auth(user_key)).json
+
+    tiny = [submit(TINY_MODEL)["id"] for _ in range(3)]
+    big = submit(LLAMA_90B)
+    big_low = submit(LLAMA_90B, priority="low")
+    broker = redis.Redis.from_url(settings.broker_url)
+    try:
+        assert _ids_in(broker, "inference:5") == tiny[::-1]  # kombu LPUSHes, workers BRPOP
+        assert _ids_in(broker, "gpu-90b:5") == [big["id"]]
+        assert _ids_in(broker, "gpu-90b:9") == [big_low["id"]]
+    finally:
+        broker.close()
+    # Three tiny jobs wait on the other queue: they are not ahead of the 90B ones.
+    assert big["queue_position"] == 0 and big_low["queue_position"] == 1
+    assert submit(TINY_MODEL)["queue_position"] == 3
+
+    view = client.get("/v1/admin/queues", headers=auth(_admin_key(container))).json
+    by_name = {q["queue"]: q for q in view["queues"]}
+    assert list(by_name) == ["inference", "gpu-90b", "webhooks", "maintenance"]
+    assert by_name["inference"]["depth"] == 4 and by_name["gpu-90b"]["depth"] == 2
+    assert by_name["gpu-90b"]["oldest_age_seconds"] is not None
+    metrics = client.get("/metrics", headers=auth(_admin_key(container))).get_data(as_text=True)
+    assert 'loupe_queue_depth{priority="low",queue="gpu-90b"} 1.0' in metrics
+
+
+def test_the_lost_job_sweep_publishes_on_the_jobs_own_queue(client, container, settings, user_key):
+    body = chat_body(make_image(), model=LLAMA_90B)
+    job_id = client.post("/v1/jobs", json=body, headers=auth(user_key)).json["id"]
+    broker = redis.Redis.from_url(settings.broker_url)
+    try:
+        assert broker.delete("gpu-90b:5") == 1
+        later = utcnow() + timedelta(minutes=3)
+        scan = RedisQueuedMessages(broker)
+        args = (container.jobs, scan, container.queue, container.registry, later)
+        assert requeue_lost(*args, timedelta(minutes=2)) == 1
+        assert _ids_in(broker, "gpu-90b:5") == [job_id]
+        assert requeue_lost(*args, timedelta(minutes=2)) == 0
+    finally:
+        broker.close()
+
+
+def _admin_key(container) -> str:
+    return container.keys.create("admin", Role.ADMIN, utcnow())[1]
