@@ -32,7 +32,7 @@ def _command_from_request() -> SubmitCommand:
         body = request.get_json(silent=True)
         if body is None:
             raise BadRequest("The body is not valid JSON.", code="invalid_json")
-        return parse_json_job(body, owner)
+        return parse_json_job(body, owner, container().settings.default_model)
     if mimetype == "multipart/form-data":
         form = {key: request.form.getlist(key) for key in request.form}
         files = {key: [f.read() for f in request.files.getlist(key)] for key in request.files}

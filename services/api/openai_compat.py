@@ -62,7 +62,7 @@ def create_chat_completion() -> Response:
         )
     with slot:
         owner_id = current_key().id
-        job = c.job_service.submit(parse_json_job(body, owner_id))
+        job = c.job_service.submit(parse_json_job(body, owner_id, c.settings.default_model))
         timeout = min(c.settings.chat_completions_timeout_seconds, c.settings.max_wait_seconds)
         job = slot.wait(job.id, lambda: c.job_service.get(job.id, owner_id), timeout)
     if job.status is JobStatus.SUCCEEDED:

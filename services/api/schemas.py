@@ -160,7 +160,7 @@ class Sampling(_Strict):
 
 
 class ChatJobRequest(Sampling):
-    model: str = Field(min_length=1, max_length=200)
+    model: str | None = Field(default=None, min_length=1, max_length=200)  # None: the default
     messages: list[ChatMessage] = Field(min_length=1, max_length=64)
     response_format: ResponseFormat | None = None
     n: Literal[1] | None = None
@@ -237,14 +237,14 @@ def _convert_messages(
     return tuple(converted), tuple(images)
 
 
-def parse_json_job(body: Any, owner_id: str) -> SubmitCommand:
+def parse_json_job(body: Any, owner_id: str, default_model: str) -> SubmitCommand:
     if not isinstance(body, dict):
         raise BadRequest("The JSON body must be an object.", code="invalid_json")
     request: ChatJobRequest = _parse(ChatJobRequest, body)
     messages, images = _convert_messages(request.messages)
     return SubmitCommand(
         owner_id=owner_id,
-        model=request.model,
+        model=request.model or default_model,
         messages=messages,
         images=images,
         params=dataclasses.replace(

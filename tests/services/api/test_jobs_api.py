@@ -384,3 +384,11 @@ def test_cancel_finished_job_is_409(client, container, user_key):
     response = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(user_key))
     assert response.status_code == 409
     assert response.json["error"]["code"] == "job_finished"
+
+
+def test_json_job_without_a_model_uses_the_default_model(client, user_key, settings):
+    body = chat_body(make_image())
+    del body["model"]
+    response = client.post("/v1/jobs", json=body, headers=auth(user_key))
+    assert response.status_code == 202, response.json
+    assert response.json["model"] == settings.default_model
