@@ -107,24 +107,33 @@ class ModelSpec:
 class ModelRegistry:
     """Lookup of served models by public name."""
 
-    def __init__(self, specs: list[ModelSpec], default_queue: str = "inference") -> None:
+    def __init__(
+        self,
+        specs: list[ModelSpec],
+        default_queue: str = "inference",
+        routes: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        """``routes``: the deployment's whole (model, queue) mapping, served here or not, so a
+        process that serves a few models (a GPU pool, the light worker) still routes them all."""
         for spec in specs:
             if spec.engine not in ENGINES:
                 raise ConfigurationError(f"model {spec.name}: unknown engine {spec.engine!r}")
         self._specs = {spec.name: spec for spec in specs}
         self.default_queue = default_queue
+        self._routes = dict(routes)
 
     def queue_for(self, model: str) -> str:
-        """The Celery queue of ``model``'s jobs (the default queue for a model not served here)."""
-        spec = self._specs.get(model)
-        return spec.queue if spec is not None else self.default_queue
+        """The Celery queue of ``model``'s jobs, whether or not this process serves it."""
+        return self._routes.get(model, self.default_queue)
 
     def queues(self) -> tuple[str, ...]:
         """Every queue that carries jobs: the default one first, then per-model ones."""
-        return tuple(dict.fromkeys([self.default_queue, *(s.queue for s in self._specs.values())]))
+        return tuple(dict.fromkeys([self.default_queue, *self._routes.values()]))
 
     def models_on(self, queue: str) -> tuple[str, ...]:
-        return tuple(s.name for s in self._specs.values() if s.queue == queue)
+        """The models (served here or routed by the mapping) whose jobs ``queue`` carries."""
+        names = dict.fromkeys([*self._specs, *self._routes])
+        return tuple(name for name in names if self.queue_for(name) == queue)
 
     def worker_concurrency(self, settings: Settings) -> int:
         """Celery threads for a worker: LOUPE_WORKER_CONCURRENCY, else its model's max_num_seqs."""
@@ -242,7 +251,9 @@ def build_registry(settings: Settings) -> ModelRegistry:
         if unknown:
             raise ConfigurationError(f"LOUPE_SERVED_MODELS names unknown models: {sorted(unknown)}")
         specs = [s for s in specs if s.name in settings.served_models]
-    return ModelRegistry(_apply_price_overrides(specs, settings), settings.inference_queue)
+    return ModelRegistry(
+        _apply_price_overrides(specs, settings), settings.inference_queue, settings.model_queues
+    )
 
 
 def _apply_queues(specs: list[ModelSpec], settings: Settings) -> list[ModelSpec]:

@@ -102,6 +102,11 @@ class Settings:
     max_waiters_per_process: int = 24  # default: api_threads minus a reserve for plain requests
     chat_completions_timeout_seconds: int = 60
 
+    @property
+    def job_queues(self) -> frozenset[str]:
+        """Every Celery queue that carries jobs: the inference queue and the per-model ones."""
+        return frozenset({self.inference_queue, *(queue for _, queue in self.model_queues)})
+
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = env.get(_PREFIX + name)

@@ -1,5 +1,5 @@
 """A real HTTP server on loopback that serves images (and misbehaves on request) for the
-remote-image tests. ``routes`` maps a path to (status, headers, body); ``/slow`` trickles a byte
+remote-image and webhook-sender tests (POST answers like GET). ``routes`` maps a path to (status, headers, body); ``/slow`` trickles a byte
 every 0.2 s; every request's path is recorded in ``hits``."""
 
 from __future__ import annotations
@@ -27,13 +27,17 @@ class ImageServer:
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
-                if "Transfer-Encoding" not in headers:
+                if "Transfer-Encoding" not in headers and "Content-Length" not in headers:
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if headers.get("Transfer-Encoding") == "chunked":
                     self.wfile.write(f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
                 else:
                     self.wfile.write(body)
+
+            def do_POST(self) -> None:  # a webhook receiver that answers like the routes
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                self.do_GET()
 
             def _trickle(self) -> None:
                 self.send_response(200)

@@ -88,7 +88,7 @@ def _warm_up(sender: Any = None, **_: Any) -> None:
     from workers.context import get_worker_context
 
     settings = _settings_of(sender.app)
-    if settings.inference_queue not in sender.app.amqp.queues.consume_from:
+    if not settings.job_queues & set(sender.app.amqp.queues.consume_from):
         return  # e.g. the webhooks worker (-Q webhooks): it never runs a model
     ctx = get_worker_context(settings)
     if settings.default_model not in ctx.registry:

@@ -36,6 +36,10 @@ class RetryLater(Exception):
     """A transient infrastructure error; the job was released and the message should retry."""
 
 
+class NotServedHere(RetryLater):
+    """The job's model is not served by this worker: retry the message, never fail the job."""
+
+
 def process_job(job_id: str, ctx: WorkerContext) -> Outcome:
     """Run one job to a terminal state. Safe to call twice for the same job."""
     try:
@@ -50,7 +54,7 @@ def process_job(job_id: str, ctx: WorkerContext) -> Outcome:
         # Sent to a queue this worker consumes, for a model it does not serve (LOUPE_MODEL_QUEUES
         # and the workers' -Q / LOUPE_SERVED_MODELS disagree, or a shared queue). Leave the job
         # queued and retry the message: a worker that serves the model may take it.
-        raise RetryLater(f"model {current.model!r} is not served by this worker")
+        raise NotServedHere(f"model {current.model!r} is not served by this worker")
     now = ctx.clock()
     overdue = current.expires_at is not None and current.expires_at <= now
     if overdue and ctx.store.expire_queued(job_id, now):

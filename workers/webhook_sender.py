@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import urllib3
 
-from services.net.ssrf import open_pool
+from services.net.ssrf import open_pool, read_body
 from services.settings import Settings
 from services.webhooks.models import RESPONSE_BODY_LIMIT, AttemptResult
 from services.webhooks.ssrf import Resolver, WebhookUrlRefused, resolve_target, system_resolver
@@ -28,7 +28,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -75,7 +75,9 @@ def post_webhook(
             assert_same_host=False,
         )
         try:
-            snippet = response.read(RESPONSE_BODY_LIMIT, decode_content=True)
+            # The status is what counts; the body is read for the log, within the time limit.
+            deadline = started + settings.webhook_timeout_seconds
+            snippet, _ = read_body(response, RESPONSE_BODY_LIMIT, deadline)
         finally:
             response.close()  # a one-off connection: closed, never pooled half-read
         return AttemptResult(

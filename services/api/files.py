@@ -61,7 +61,7 @@ def list_files() -> Response:
             f"Unknown query parameters: {', '.join(sorted(unknown))}.", code="invalid_parameter"
         )
     raw = request.args.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
         raise InvalidInput(f"limit must be 1 to {MAX_PAGE}.", code="invalid_parameter")
     page, has_more = _files().list(current_key().id, int(raw), request.args.get("after"))
     return jsonify(

@@ -8,17 +8,28 @@ another file still uses it.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from services.errors import InvalidInput, NotFound
+from services.errors import InvalidInput, NotFound, Unavailable
 from services.files.store import FileStore, StoredFile
 from services.jobs.presenter import timestamp
 from services.storage.blobs import BlobStore
 from services.storage.images import ImageLimits, validate_image
 
 MAX_FILENAME = 255
+# Between the object store's clock and ours: an object written within this of the upload is the
+# upload's own write, not a later submit's.
+CLOCK_SKEW = timedelta(seconds=5)
+log = logging.getLogger("loupe.files")
+
+
+def _clean_filename(name: str | None) -> str | None:
+    """The client's file name, for display: printable characters only, at most 255."""
+    cleaned = "".join(ch for ch in (name or "") if ch.isprintable())[-MAX_FILENAME:]
+    return cleaned or None
 
 
 def new_file_id() -> str:
@@ -49,7 +60,7 @@ class FileService:
         file = StoredFile(
             id=new_file_id(),
             owner_id=owner_id,
-            filename=(filename or None) and filename[-MAX_FILENAME:],
+            filename=_clean_filename(filename),
             image=validated.ref,
             created_at=self._clock(),
         )
@@ -83,7 +94,13 @@ class FileService:
                 f"image_file.file_id {file_id!r} is not one of this key's files.",
                 code="file_not_found",
             )
-        return self._blobs.get(file.image.key)
+        try:
+            return self._blobs.get(file.image.key)
+        except NotFound:
+            raise InvalidInput(
+                f"image_file.file_id {file_id!r}: the file's image is no longer stored.",
+                code="file_not_found",
+            ) from None
 
     def expires_at(self, file: StoredFile) -> datetime | None:
         return None if self.retention is None else file.created_at + self.retention
@@ -93,11 +110,20 @@ class FileService:
         return self._store.image_in_use(key.rsplit("/", 1)[-1])
 
     def drop_image_unless_used(self, file: StoredFile) -> bool:
-        """Delete a removed file's object unless a kept job or another file still uses it."""
+        """Delete a removed file's object unless a kept job or another file still uses it, or it
+        was stored again after the upload (a job being submitted right now may need it)."""
         image = file.image
         if self._store.image_in_use(image.sha256, (file.id,)) or self._job_keeps_image(image.key):
             return False
-        self._blobs.delete(image.key)
+        try:
+            modified = self._blobs.modified_at(image.key)
+            if modified is not None and modified > file.created_at + CLOCK_SKEW:
+                return False
+            self._blobs.delete(image.key)
+        except Unavailable as exc:
+            # The file is gone either way; its image stays until the object store answers.
+            log.warning("file %s: could not delete its image: %s", file.id, exc.message)
+            return False
         return True
 
     def remove_expired(self, now: datetime, limit: int = 200) -> int:

@@ -95,7 +95,7 @@ def requeue_lost(
     routes: QueueRoutes,
     now: datetime,
     grace: timedelta,
-    limit: int = 1000,
+    limit: int = 10_000,
 ) -> int:
     """Publish a message again for each job that has lost its own; returns how many.
 

@@ -15,11 +15,17 @@ from typing import Protocol
 import urllib3
 
 from services.errors import InvalidInput, PayloadTooLarge
-from services.net.ssrf import Resolver, UrlPolicy, open_pool, resolve_target, system_resolver
+from services.net.ssrf import (
+    Resolver,
+    UrlPolicy,
+    open_pool,
+    read_body,
+    resolve_target,
+    system_resolver,
+)
 from services.settings import Settings
 
 USER_AGENT = "Loupe-ImageFetch/1"
-CHUNK = 64 * 1024
 
 
 class ImageUrlRefused(InvalidInput):
@@ -86,18 +92,16 @@ class RemoteImageFetcher:
             hint = "; redirects are not followed" if 300 <= response.status < 400 else ""
             raise ImageUrlUnreachable(f"image_url {url!r} answered HTTP {response.status}{hint}.")
         declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self._max_bytes:
+        if declared.isascii() and declared.isdigit() and int(declared) > self._max_bytes:
             raise self._too_large(url)
-        body = bytearray()
-        while chunk := response.read(CHUNK, decode_content=True):
-            body += chunk
-            if len(body) > self._max_bytes:
-                raise self._too_large(url)
-            if time.monotonic() > deadline:
-                raise ImageUrlUnreachable(
-                    f"image_url {url!r} took longer than {self._timeout:g} s to download."
-                )
-        return bytes(body)
+        body, in_time = read_body(response, self._max_bytes, deadline)
+        if not in_time:
+            raise ImageUrlUnreachable(
+                f"image_url {url!r} took longer than {self._timeout:g} s to download."
+            )
+        if len(body) > self._max_bytes:
+            raise self._too_large(url)
+        return body
 
     def _too_large(self, url: str) -> PayloadTooLarge:
         return PayloadTooLarge(

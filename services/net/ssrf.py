@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -34,6 +35,7 @@ _METADATA = frozenset(
     {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
 )
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
+READ_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,10 @@ def blocked_reason(address: IPAddress) -> str | None:
         (address.is_multicast, "a multicast address"),
         (isinstance(address, ipaddress.IPv4Address) and address in _CGNAT, "a CGNAT address"),
         (address.is_private, "a private address"),
+        (
+            isinstance(address, ipaddress.IPv6Address) and address.is_site_local,
+            "a site-local address",
+        ),
         (address.is_reserved, "a reserved address"),
         (not address.is_global, "not a public address"),
     )
@@ -153,3 +159,23 @@ def open_pool(target: Target, timeout: float) -> urllib3.HTTPConnectionPool:
             cert_reqs="CERT_REQUIRED",
         )
     return urllib3.HTTPConnectionPool(target.address, target.port, timeout=limit, retries=False)
+
+
+def read_body(
+    response: urllib3.BaseHTTPResponse, limit: int, deadline: float
+) -> tuple[bytes, bool]:
+    """Read at most ``limit`` + 1 bytes (one more than allowed tells a caller it was too long)
+    before the ``time.monotonic()`` ``deadline``; returns (bytes, finished in time).
+
+    ``read1`` returns whatever arrived, so a server that drips a byte at a time is cut off at the
+    deadline (give or take one socket read), where ``read(n)`` would wait for all ``n`` bytes.
+    """
+    body = bytearray()
+    while len(body) <= limit:
+        if time.monotonic() > deadline:
+            return bytes(body), False
+        chunk = response.read1(min(READ_CHUNK, limit + 1 - len(body)))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body), True

@@ -40,6 +40,10 @@ def test_registry_routes_models_to_their_queues():
     # A worker that serves only some models shares the deployment's mapping.
     worker = build_registry(Settings(model_queues=routes, served_models=(LLAMA_90B,)))
     assert worker.queues() == ("inference", "gpu-90b") and worker.queue_for(LLAMA_90B) == "gpu-90b"
+    # ... and one that does not serve a routed model still routes it (the light worker's sweep).
+    light = build_registry(Settings(model_queues=routes, served_models=(TINY_MODEL,)))
+    assert light.queues() == ("inference", "gpu-90b") and light.queue_for(LLAMA_90B) == "gpu-90b"
+    assert light.models_on("gpu-90b") == (LLAMA_90B,)
     with pytest.raises(ConfigurationError, match="unknown models"):
         build_registry(Settings(model_queues=(("nope", "q"),)))
 

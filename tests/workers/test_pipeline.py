@@ -28,7 +28,7 @@ from tests.helpers import make_image
 from workers.cancel_watcher import CancelWatcher
 from workers.context import WorkerContext
 from workers.engines.base import GenerationRequest, GenerationResult
-from workers.pipeline import Outcome, RetryLater, give_up, process_job
+from workers.pipeline import NotServedHere, Outcome, RetryLater, give_up, process_job
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -301,7 +301,7 @@ def test_pipeline_leaves_a_job_of_a_model_it_does_not_serve_queued_and_retries(s
     ctx = _ctx(store, engine)
     job_id = _queue_job(store, ctx)
     ctx.registry = build_registry(Settings(served_models=("llama-3.2-90b-vision-instruct",)))
-    with pytest.raises(RetryLater, match="not served by this worker"):
+    with pytest.raises(NotServedHere, match="not served by this worker"):
         process_job(job_id, ctx)
     job = store.get(job_id)
     assert (job.status, job.attempts) == (JobStatus.QUEUED, 0) and engine.calls == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from celery import Task, shared_task
@@ -9,7 +10,9 @@ from celery import Task, shared_task
 from services.jobs.queue import INFERENCE_TASK
 from workers.context import get_worker_context
 from workers.heartbeat import IN_FLIGHT
-from workers.pipeline import RetryLater, give_up, process_job
+from workers.pipeline import NotServedHere, RetryLater, give_up, process_job
+
+MISROUTED_RETRY_SECONDS = 30
 
 
 @shared_task(name=INFERENCE_TASK, bind=True, max_retries=8, acks_late=True)
@@ -18,6 +21,13 @@ def run_inference(self: Task[Any, Any], job_id: str) -> str:
     try:
         with IN_FLIGHT.track():  # slots_in_use in this worker's heartbeat
             return process_job(job_id, ctx).value
+    except NotServedHere as exc:
+        # Misrouted (a -Q that LOUPE_MODEL_QUEUES does not send this worker's models to): the
+        # job stays queued, and its message goes round until a worker that serves the model
+        # takes it, or its ttl_seconds run out. No retry budget applies: it is not a failure.
+        raise self.retry(
+            exc=exc, countdown=MISROUTED_RETRY_SECONDS, max_retries=sys.maxsize
+        ) from exc
     except RetryLater as exc:
         if self.request.retries >= (self.max_retries or 0):
             message = f"Gave up after {self.request.retries} retries: {exc}"

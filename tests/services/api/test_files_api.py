@@ -152,3 +152,33 @@ def test_retention_removes_old_files_and_keeps_images_that_files_keep(
     assert count_files(container) == 0
     assert count_objects(s3_server, settings.s3_bucket) == 0
     assert old["expires_at"] is not None
+
+
+def test_odd_names_and_ids_are_handled_without_a_500(client, user_key):
+    body = upload(client, user_key, make_image(), "evil\x00name\t.png").json
+    assert body["filename"] == "evilname.png"
+    assert client.get("/v1/files/file_%00x", headers=auth(user_key)).status_code == 404
+    assert client.get("/v1/jobs/job_%00x", headers=auth(user_key)).status_code == 404
+    assert client.get("/v1/files?limit=\u00b2", headers=auth(user_key)).status_code == 422
+
+
+def test_deleting_a_file_keeps_an_image_stored_again_since_its_upload(container, user_key):
+    # The file was uploaded a minute ago; the same picture was stored again just now (a job
+    # being submitted with it, whose row is not written yet): the image must stay.
+    from services.files.service import FileService
+    from services.storage.images import ImageLimits
+
+    owner = container.keys.authenticate(user_key).id
+    earlier = FileService(
+        store=container.files._store,
+        blobs=container.blobs,
+        limits=ImageLimits(max_bytes=10**6, max_pixels=10**6, allowed_formats=("PNG",)),
+        clock=lambda: utcnow() - timedelta(minutes=1),
+        retention=None,
+        job_keeps_image=lambda key: False,
+    )
+    image = make_image(33, 33)
+    file = earlier.upload(owner, image, "a.png")
+    container.blobs.put(file.image.key, image, "image/png")
+    earlier.delete(owner, file.id)
+    assert container.blobs.exists(file.image.key)

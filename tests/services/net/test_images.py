@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from services.errors import PayloadTooLarge
@@ -99,5 +101,19 @@ def test_a_closed_port_is_unreachable(server):
 
 
 def test_a_trickling_server_is_cut_off_at_the_timeout(server):
-    with pytest.raises(ImageUrlUnreachable):
+    # /slow drips a byte every 0.2 s for 20 s: a read that waits for a full chunk would wait it out.
+    started = time.monotonic()
+    with pytest.raises(ImageUrlUnreachable, match="longer than 1 s"):
         fetcher(LOUPE_IMAGE_FETCH_TIMEOUT_SECONDS="1").fetch(server.url("/slow"))
+    assert time.monotonic() - started < 10
+
+
+def test_a_content_length_that_is_not_ascii_digits_is_ignored(server):
+    image = make_image()
+    server.routes["/odd.png"] = (200, {"Content-Length": "\u00b2"}, image)
+    assert fetcher().fetch(server.url("/odd.png")) == image
+
+
+def test_site_local_ipv6_is_refused():
+    with pytest.raises(ImageUrlRefused, match="site-local"):
+        RemoteImageFetcher(load_settings({})).fetch("https://[fec0::1]/a.png")
