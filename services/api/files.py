@@ -79,6 +79,17 @@ def get_file(file_id: str) -> Response:
     return jsonify(_public(_files().get(current_key().id, file_id)))
 
 
+@bp.get("/<file_id>/content")
+def file_content(file_id: str) -> Response:
+    """The file's image bytes, as uploaded."""
+    file, data = _files().content(current_key().id, file_id)
+    return Response(
+        data,
+        mimetype=file.image.content_type,
+        headers={"Cache-Control": "private, max-age=3600", "ETag": f'"{file.image.sha256}"'},
+    )
+
+
 @bp.delete("/<file_id>")
 def delete_file(file_id: str) -> Response:
     _files().delete(current_key().id, file_id)

@@ -266,13 +266,14 @@ _FORM_SCALARS = {
     "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty", "repetition_penalty",
     "timeout_seconds", "ignore_eos", "priority", "ttl_seconds", "webhook",
 }  # fmt: skip
-_FORM_LISTS = {"stop", "webhook_events_filter"}
+_FORM_LISTS = {"stop", "webhook_events_filter", "file_id"}
 
 
 def parse_form_job(
     form: Mapping[str, list[str]], files: Mapping[str, list[bytes]], owner_id: str, model: str
 ) -> SubmitCommand:
-    """Multipart: ``image`` file(s), ``prompt``, optional model and sampling fields."""
+    """Multipart: ``image`` file(s) and/or ``file_id`` (uploaded files), ``prompt``, optional
+    model and sampling fields."""
     unknown = set(form) - _FORM_SCALARS - _FORM_LISTS
     unknown |= set(files) - {"image"}
     if unknown:
@@ -281,10 +282,11 @@ def parse_form_job(
         )
     data: dict[str, Any] = {k: v[-1] for k, v in form.items() if k in _FORM_SCALARS}
     data.setdefault("model", model)
-    for name in _FORM_LISTS & set(form):
+    for name in (_FORM_LISTS - {"file_id"}) & set(form):
         data[name] = form[name]
     request: FormJobRequest = _parse(FormJobRequest, data)
-    images = tuple(files.get("image", []))
+    uploaded = [UploadedImage(file_id) for file_id in form.get("file_id", []) if file_id]
+    images: tuple[ImageSource, ...] = (*files.get("image", []), *uploaded)
     content = [ContentPart(type="image", image_index=i) for i in range(len(images))]
     content.append(ContentPart(type="text", text=request.prompt))
     messages: list[Message] = []

@@ -81,6 +81,14 @@ class FileService:
         rows = self._store.list_for_owner(owner_id, limit + 1, after)
         return rows[:limit], len(rows) > limit
 
+    def content(self, owner_id: str, file_id: str) -> tuple[StoredFile, bytes]:
+        """The owner's file and its image bytes (404 if either is gone)."""
+        file = self.get(owner_id, file_id)
+        try:
+            return file, self._blobs.get(file.image.key)
+        except NotFound:
+            raise NotFound(f"No file {file_id!r}.", code="file_not_found") from None
+
     def delete(self, owner_id: str, file_id: str) -> None:
         file = self.get(owner_id, file_id)
         if self._store.delete(file.id):

@@ -182,3 +182,34 @@ def test_deleting_a_file_keeps_an_image_stored_again_since_its_upload(container,
     container.blobs.put(file.image.key, image, "image/png")
     earlier.delete(owner, file.id)
     assert container.blobs.exists(file.image.key)
+
+
+def test_file_content_returns_the_uploaded_bytes_to_their_owner_only(client, user_key, other_key):
+    image = make_image(21, 13)
+    file_id = upload(client, user_key, image).json["id"]
+    response = client.get(f"/v1/files/{file_id}/content", headers=auth(user_key))
+    assert response.status_code == 200 and response.data == image
+    assert response.mimetype == "image/png"
+    assert response.headers["ETag"] == f'"{hashlib.sha256(image).hexdigest()}"'
+    assert client.get(f"/v1/files/{file_id}/content", headers=auth(other_key)).status_code == 404
+
+
+def test_a_multipart_job_names_uploaded_files_with_file_id(client, container, user_key):
+    image = make_image(52, 31)
+    file_id = upload(client, user_key, image).json["id"]
+    response = client.post(
+        "/v1/jobs",
+        data={"file_id": file_id, "prompt": "What is it?"},
+        headers=auth(user_key),
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 202, response.json
+    job = container.jobs.get(response.json["id"])
+    assert [ref.sha256 for ref in job.images] == [hashlib.sha256(image).hexdigest()]
+    missing = client.post(
+        "/v1/jobs",
+        data={"file_id": "file_nope", "prompt": "What is it?"},
+        headers=auth(user_key),
+        content_type="multipart/form-data",
+    )
+    assert missing.status_code == 422 and missing.json["error"]["code"] == "file_not_found"
