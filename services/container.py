@@ -108,11 +108,7 @@ def build_container(
     file_service = FileService(
         store=SqlFileStore(engine),
         blobs=blob_store,
-        limits=ImageLimits(
-            max_bytes=settings.max_image_bytes,
-            max_pixels=settings.max_image_pixels,
-            allowed_formats=settings.allowed_image_formats,
-        ),
+        limits=ImageLimits.from_settings(settings),
         clock=utcnow,
         retention=timedelta(seconds=settings.retention_seconds)
         if settings.retention_seconds

@@ -6,10 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from services.admin.models import Percentiles, Snapshot, WindowStats, WorkerInfo
-
-
-def _ts(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
+from services.jobs.presenter import timestamp
 
 
 def _pct(p: Percentiles) -> dict[str, float | None]:
@@ -38,8 +35,8 @@ def _worker(w: WorkerInfo, now: datetime) -> dict[str, Any]:
         "model": w.model,
         "slots": w.slots,
         "slots_in_use": w.slots_in_use,
-        "started_at": _ts(w.started_at),
-        "last_seen": _ts(w.last_seen),
+        "started_at": timestamp(w.started_at),
+        "last_seen": timestamp(w.last_seen),
         "seconds_since_heartbeat": round(max(0.0, (now - w.last_seen).total_seconds()), 3),
     }
 
@@ -49,7 +46,7 @@ def snapshot_to_public(snap: Snapshot) -> dict[str, Any]:
     now = snap.generated_at
     return {
         "object": "admin.queues",
-        "generated_at": _ts(now),
+        "generated_at": timestamp(now),
         "queues": [
             {
                 "queue": q.queue,
@@ -84,7 +81,7 @@ def snapshot_to_public(snap: Snapshot) -> dict[str, Any]:
                 "id": f.job_id,
                 "model": f.model,
                 "error": {"code": f.error_code, "message": f.error_message},
-                "completed_at": _ts(f.completed_at),
+                "completed_at": timestamp(f.completed_at),
             }
             for f in snap.recent_failures
         ],

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
 from services.api.auth import authenticate_request, container, current_key
 from services.errors import Unavailable
+from services.jobs.presenter import timestamp
 from services.webhooks.models import DeliveryAttempt, WebhookSecret
 from services.webhooks.service import EventLog, WebhookService
 
@@ -23,26 +23,22 @@ def _service() -> WebhookService:
     return service
 
 
-def _ts(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
-
-
 def _secret_json(secret: WebhookSecret) -> dict[str, Any]:
     return {
         "object": "webhook_secret",
         "secret": secret.secret,
-        "created_at": _ts(secret.created_at),
+        "created_at": timestamp(secret.created_at),
         # Still signing (second signature) until previous_secret_expires_at.
         "previous_secret": secret.previous_secret,
-        "previous_secret_expires_at": _ts(secret.previous_expires_at),
+        "previous_secret_expires_at": timestamp(secret.previous_expires_at),
     }
 
 
 def _attempt_json(attempt: DeliveryAttempt) -> dict[str, Any]:
     return {
         "attempt": attempt.attempt,
-        "attempted_at": _ts(attempt.attempted_at),
-        "completed_at": _ts(attempt.completed_at),
+        "attempted_at": timestamp(attempt.attempted_at),
+        "completed_at": timestamp(attempt.completed_at),
         "http_status": attempt.http_status,
         "latency_ms": attempt.latency_ms,
         "error": attempt.error,
@@ -58,9 +54,9 @@ def _event_json(log: EventLog) -> dict[str, Any]:
         "type": event.type.value,
         "url": event.url,
         "status": event.state.value,
-        "created_at": _ts(event.created_at),
-        "next_attempt_at": _ts(event.next_attempt_at),
-        "finished_at": _ts(event.finished_at),
+        "created_at": timestamp(event.created_at),
+        "next_attempt_at": timestamp(event.next_attempt_at),
+        "finished_at": timestamp(event.finished_at),
         "attempts": [_attempt_json(a) for a in log.attempts],
     }
 

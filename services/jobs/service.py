@@ -135,11 +135,7 @@ class JobService:
         self._queue = queue
         self._registry = registry
         self._clock = clock
-        self._limits = ImageLimits(
-            max_bytes=settings.max_image_bytes,
-            max_pixels=settings.max_image_pixels,
-            allowed_formats=settings.allowed_image_formats,
-        )
+        self._limits = ImageLimits.from_settings(settings)
 
     def submit(self, command: SubmitCommand) -> Job:
         return self.submit_or_replay(command).job

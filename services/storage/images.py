@@ -16,6 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from services.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from services.jobs.models import ImageRef
+from services.settings import Settings
 
 _CONTENT_TYPES = {
     "JPEG": "image/jpeg",
@@ -32,6 +33,15 @@ class ImageLimits:
     max_bytes: int
     max_pixels: int
     allowed_formats: tuple[str, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageLimits:
+        """The deployment's limits: the same for job images and uploaded files."""
+        return cls(
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            allowed_formats=settings.allowed_image_formats,
+        )
 
 
 @dataclass(frozen=True)
