@@ -10,7 +10,6 @@ tasks with its name as routing key).
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 
@@ -18,9 +17,7 @@ import redis
 
 from services.errors import Unavailable
 from services.jobs.models import Priority
-from services.jobs.queue import priority_queue_names
-
-UNACKED_KEY = "unacked"  # kombu's default ``unacked_key``
+from services.jobs.queue import UNACKED_KEY, priority_queue_names, unacked_record
 
 
 class RedisBrokerStats:
@@ -58,11 +55,6 @@ class RedisBrokerStats:
 
 
 def _unacked_by_queue(values: Sequence[bytes]) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for raw in values:
-        try:
-            _message, _exchange, routing_key = json.loads(raw)
-        except (ValueError, TypeError):
-            continue  # not a kombu record: ignore rather than fail the whole view
-        counts[str(routing_key)] += 1
-    return counts
+    # A value that is not a kombu record is ignored rather than failing the whole view.
+    records = (unacked_record(raw) for raw in values)
+    return Counter(record[1] for record in records if record is not None)

@@ -42,7 +42,7 @@ def priority_queue_names(queue: str) -> dict[Priority, str]:
 
 # kombu's Redis transport moves a delivered message from its list to this hash (delivery tag →
 # ``[message, exchange, routing_key]``) until the worker acks it; countdown retries wait there too.
-UNACKED_KEY = "unacked"
+UNACKED_KEY = "unacked"  # kombu's default ``unacked_key``
 SCAN_CHUNK = 500
 
 
@@ -98,11 +98,23 @@ def _task_id(raw: bytes | str) -> str:
         return ""  # not a Celery message: nothing of ours
 
 
-def _unacked_task_id(raw: bytes | str, queue: str) -> str:
+def unacked_record(raw: bytes | str) -> tuple[Any, str] | None:
+    """(message, routing key) of an ``unacked`` hash value; None if it is not kombu's record.
+    Celery routes a queue's tasks with the queue's name as routing key."""
     try:
         message, _exchange, routing_key = json.loads(raw)
-        return str(message["headers"]["id"]) if routing_key == queue else ""
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError):
+        return None
+    return message, str(routing_key)
+
+
+def _unacked_task_id(raw: bytes | str, queue: str) -> str:
+    record = unacked_record(raw)
+    if record is None or record[1] != queue:
+        return ""
+    try:
+        return str(record[0]["headers"]["id"])
+    except (TypeError, KeyError):
         return ""
 
 
