@@ -345,23 +345,22 @@ class SqlJobStore:
 
     def queued_since_before(self, cutoff: datetime, limit: int) -> list[JobRoute]:
         """Jobs created before ``cutoff`` and still queued, oldest first."""
-        with translate_db_errors(), self._engine.connect() as conn:
-            rows = conn.execute(
-                select(jobs.c.id, jobs.c.priority, jobs.c.model)
-                .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.created_at < cutoff)
-                .order_by(jobs.c.created_at)
-                .limit(limit)
-            )
-            return [JobRoute(row[0], Priority(row[1]), row[2]) for row in rows]
+        return self._routes(JobStatus.QUEUED, jobs.c.created_at, cutoff, limit)
 
     def lease_expired(self, now: datetime, limit: int) -> list[JobRoute]:
         """Running jobs whose lease ran out: their worker died (a live one ends every job by
         its timeout, and the lease is the timeout plus a grace)."""
+        return self._routes(JobStatus.RUNNING, jobs.c.lease_expires_at, now, limit)
+
+    def _routes(
+        self, status: JobStatus, when: ColumnElement[Any], before: datetime, limit: int
+    ) -> list[JobRoute]:
+        """Jobs in ``status`` whose ``when`` column is before ``before``, earliest first."""
         with translate_db_errors(), self._engine.connect() as conn:
             rows = conn.execute(
                 select(jobs.c.id, jobs.c.priority, jobs.c.model)
-                .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at < now)
-                .order_by(jobs.c.lease_expires_at)
+                .where(jobs.c.status == status.value, when < before)
+                .order_by(when)
                 .limit(limit)
             )
             return [JobRoute(row[0], Priority(row[1]), row[2]) for row in rows]
