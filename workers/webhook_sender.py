@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import urllib3
 
-from services.net.ssrf import open_pool, read_body
+from services.net.ssrf import read_body, send
 from services.settings import Settings
 from services.webhooks.models import RESPONSE_BODY_LIMIT, AttemptResult
 from services.webhooks.ssrf import Resolver, WebhookUrlRefused, resolve_target, system_resolver
@@ -56,30 +56,12 @@ def post_webhook(
         target = resolve_target(url, settings, resolver)
     except WebhookUrlRefused as exc:
         return AttemptResult(None, elapsed_ms(), error=f"refused: {exc.message}")
-    pool = open_pool(target, settings.webhook_timeout_seconds)
-    request_headers = {
-        **headers,
-        "Host": target.host_header,
-        "Content-Type": "application/json",
-        "User-Agent": USER_AGENT,
-    }
+    timeout = settings.webhook_timeout_seconds
+    request_headers = {**headers, "Content-Type": "application/json", "User-Agent": USER_AGENT}
     try:
-        response = pool.urlopen(
-            "POST",
-            target.path,
-            body=body,
-            headers=request_headers,
-            redirect=False,  # a redirect could point anywhere, including inside our network
-            retries=False,
-            preload_content=False,
-            assert_same_host=False,
-        )
-        try:
+        with send(target, "POST", timeout, request_headers, body) as response:
             # The status is what counts; the body is read for the log, within the time limit.
-            deadline = started + settings.webhook_timeout_seconds
-            snippet, _ = read_body(response, RESPONSE_BODY_LIMIT, deadline)
-        finally:
-            response.close()  # a one-off connection: closed, never pooled half-read
+            snippet, _ = read_body(response, RESPONSE_BODY_LIMIT, started + timeout)
         return AttemptResult(
             http_status=response.status,
             latency_ms=elapsed_ms(),
@@ -91,5 +73,3 @@ def post_webhook(
         )
     except urllib3.exceptions.HTTPError as exc:
         return AttemptResult(None, elapsed_ms(), error=f"{type(exc).__name__}: {exc}")
-    finally:
-        pool.close()

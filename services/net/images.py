@@ -18,9 +18,9 @@ from services.errors import InvalidInput, PayloadTooLarge
 from services.net.ssrf import (
     Resolver,
     UrlPolicy,
-    open_pool,
     read_body,
     resolve_target,
+    send,
     system_resolver,
 )
 from services.settings import Settings
@@ -65,27 +65,14 @@ class RemoteImageFetcher:
     def fetch(self, url: str) -> bytes:
         target = resolve_target(url, self._policy, self._resolver)
         deadline = time.monotonic() + self._timeout
-        pool = open_pool(target, self._timeout)
+        headers = {"User-Agent": USER_AGENT, "Accept": "image/*"}
         try:
-            response = pool.urlopen(
-                "GET",
-                target.path,
-                headers={"Host": target.host_header, "User-Agent": USER_AGENT, "Accept": "image/*"},
-                redirect=False,  # a redirect could point anywhere, including inside our network
-                retries=False,
-                preload_content=False,
-                assert_same_host=False,
-            )
-            try:
+            with send(target, "GET", self._timeout, headers) as response:
                 return self._read(url, response, deadline)
-            finally:
-                response.close()  # a one-off connection: closed, never pooled half-read
         except urllib3.exceptions.HTTPError as exc:
             raise ImageUrlUnreachable(
                 f"image_url {url!r} could not be fetched ({type(exc).__name__})."
             ) from None
-        finally:
-            pool.close()
 
     def _read(self, url: str, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
         if response.status != 200:

@@ -6,7 +6,7 @@ CGNAT, a cloud metadata address or otherwise not globally routable, for IPv4 and
 IPv4-mapped, 6to4 or Teredo IPv6 address is judged by the IPv4 address inside it). Addresses
 inside the policy's allowed networks pass (local development and tests).
 
-:func:`resolve_target` returns the address it checked, and :func:`open_pool` connects to exactly
+:func:`resolve_target` returns the address it checked, and :func:`send` connects to exactly
 that address while TLS SNI, the certificate check and the ``Host`` header use the URL's host
 name, so a DNS answer that changes in between (rebinding) cannot smuggle a request to an internal
 address. Redirects are never followed: a redirect could point anywhere.
@@ -20,7 +20,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -145,7 +146,7 @@ def resolve_target(url: str, policy: UrlPolicy, resolver: Resolver = system_reso
     return Target(parts.scheme, host, port, path, str(addresses[0]))
 
 
-def open_pool(target: Target, timeout: float) -> urllib3.HTTPConnectionPool:
+def _open_pool(target: Target, timeout: float) -> urllib3.HTTPConnectionPool:
     """A one-off connection pool to the checked address, speaking HTTP/TLS as the URL's host."""
     limit = urllib3.Timeout(total=timeout)
     if target.scheme == "https":
@@ -159,6 +160,41 @@ def open_pool(target: Target, timeout: float) -> urllib3.HTTPConnectionPool:
             cert_reqs="CERT_REQUIRED",
         )
     return urllib3.HTTPConnectionPool(target.address, target.port, timeout=limit, retries=False)
+
+
+@contextmanager
+def send(
+    target: Target,
+    method: str,
+    timeout: float,
+    headers: Mapping[str, str],
+    body: bytes | None = None,
+) -> Iterator[urllib3.BaseHTTPResponse]:
+    """One request to the checked address, the response yielded unread.
+
+    ``Host`` is the URL's host; redirects are never followed (a redirect could point anywhere,
+    including inside our network) and nothing is retried. The response and its one-off
+    connection are closed on the way out, never pooled half-read. Network trouble raises
+    ``urllib3.exceptions.HTTPError``.
+    """
+    pool = _open_pool(target, timeout)
+    try:
+        response = pool.urlopen(
+            method,
+            target.path,
+            body=body,
+            headers={**headers, "Host": target.host_header},
+            redirect=False,
+            retries=False,
+            preload_content=False,
+            assert_same_host=False,
+        )
+        try:
+            yield response
+        finally:
+            response.close()
+    finally:
+        pool.close()
 
 
 def read_body(
