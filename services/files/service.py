@@ -95,18 +95,13 @@ class FileService:
             self.drop_image_unless_used(file)
 
     def image_for_job(self, owner_id: str, file_id: str) -> bytes:
-        """The bytes of the owner's file, for a job being submitted (422 if there is none)."""
-        file = self._store.get(file_id)
-        if file is None or file.owner_id != owner_id:
-            raise InvalidInput(
-                f"image_file.file_id {file_id!r} is not one of this key's files.",
-                code="file_not_found",
-            )
+        """The bytes of the owner's file, for a job being submitted. A file named in a job's
+        body that is not there is bad input (422), not a missing resource (404)."""
         try:
-            return self._blobs.get(file.image.key)
+            return self.content(owner_id, file_id)[1]
         except NotFound:
             raise InvalidInput(
-                f"image_file.file_id {file_id!r}: the file's image is no longer stored.",
+                f"image_file.file_id {file_id!r} is not one of this key's files.",
                 code="file_not_found",
             ) from None
 
