@@ -6,7 +6,7 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -183,16 +183,25 @@ def make_settings(
 
 
 @pytest.fixture
-def settings(sqlite_url: str, broker_url: str, s3_server: S3Server, models_dir: Path) -> Settings:
-    return make_settings(
-        database_url=sqlite_url,
-        broker_url=broker_url,
-        s3=s3_server,
-        bucket=make_bucket(s3_server),
-        models_dir=models_dir,
-        max_image_bytes=200_000,
-        max_image_pixels=1_000_000,
-    )
+def settings_for(
+    sqlite_url: str, broker_url: str, s3_server: S3Server, models_dir: Path
+) -> Callable[..., Settings]:
+    """Settings on the suite's real parts (SQLite, Redis, a fresh bucket) plus ``LOUPE_*`` values
+    given as keywords; ``database_url`` and ``broker_url`` may be given to replace the defaults.
+    For modules and tests that need other settings than the ``settings`` fixture's."""
+
+    def build(*, database_url: str = sqlite_url, broker_url: str = broker_url, **extra: Any):
+        return make_settings(
+            database_url=database_url, broker_url=broker_url, s3=s3_server,
+            bucket=make_bucket(s3_server), models_dir=models_dir, **extra,
+        )  # fmt: skip
+
+    return build
+
+
+@pytest.fixture
+def settings(settings_for: Callable[..., Settings]) -> Settings:
+    return settings_for(max_image_bytes=200_000, max_image_pixels=1_000_000)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from services.jobs.maintenance import requeue_lost
 from services.jobs.queue import RedisQueuedMessages
 from services.models_registry import LLAMA_11B, LLAMA_90B, TINY_MODEL, build_registry
 from services.settings import Settings, load_settings
-from tests.conftest import auth, make_bucket, make_settings
+from tests.conftest import auth
 from tests.helpers import chat_body, make_image
 
 
@@ -49,13 +49,8 @@ def test_registry_routes_models_to_their_queues():
 
 
 @pytest.fixture
-def settings(sqlite_url, broker_url, s3_server, models_dir):
-    return make_settings(
-        database_url=sqlite_url,
-        broker_url=broker_url,
-        s3=s3_server,
-        bucket=make_bucket(s3_server),
-        models_dir=models_dir,
+def settings(settings_for):
+    return settings_for(
         model_queues=f"{LLAMA_90B}=gpu-90b",
         metrics_cache_ms=0,
     )

@@ -14,17 +14,14 @@ from services.api.app import create_app
 from services.auth.keys import Role
 from services.container import build_container, utcnow
 from services.jobs.models import JobStatus
-from tests.conftest import auth, make_bucket, make_settings
+from tests.conftest import auth
 from tests.helpers import chat_body, make_image
 from tests.services.admin.jobrows import add_job
 
 
 @pytest.fixture
-def settings(sqlite_url, broker_url, s3_server, models_dir):
-    return make_settings(
-        database_url=sqlite_url, broker_url=broker_url, s3=s3_server,
-        bucket=make_bucket(s3_server), models_dir=models_dir, metrics_cache_ms=0,
-    )  # fmt: skip
+def settings(settings_for):
+    return settings_for(metrics_cache_ms=0)
 
 
 @pytest.fixture
@@ -139,11 +136,8 @@ def test_metrics_expose_queue_workers_and_job_families(client, container, user_k
     assert samples[("loupe_cost_total", (("currency", "USD"), model))] > 0
 
 
-def test_metrics_with_token_setting_need_the_token(sqlite_url, broker_url, s3_server, models_dir):
-    settings = make_settings(
-        database_url=sqlite_url, broker_url=broker_url, s3=s3_server,
-        bucket=make_bucket(s3_server), models_dir=models_dir, metrics_token="s3cret",
-    )  # fmt: skip
+def test_metrics_with_token_setting_need_the_token(settings_for):
+    settings = settings_for(metrics_token="s3cret")
     container = build_container(settings)
     try:
         client = create_app(container=container).test_client()
@@ -156,12 +150,8 @@ def test_metrics_with_token_setting_need_the_token(sqlite_url, broker_url, s3_se
         container.close()
 
 
-def test_metrics_when_redis_is_down_is_503(sqlite_url, s3_server, models_dir):
-    dead = "redis://127.0.0.1:1/0"
-    settings = make_settings(
-        database_url=sqlite_url, broker_url=dead, s3=s3_server,
-        bucket=make_bucket(s3_server), models_dir=models_dir,
-    )  # fmt: skip
+def test_metrics_when_redis_is_down_is_503(settings_for):
+    settings = settings_for(broker_url="redis://127.0.0.1:1/0")
     container = build_container(settings)
     try:
         response = create_app(container=container).test_client().get("/metrics")
@@ -187,13 +177,8 @@ def test_admin_page_is_public_html_with_its_assets(client):
     style.close()
 
 
-def test_admin_snapshot_is_cached_for_the_configured_time(
-    sqlite_url, broker_url, s3_server, models_dir
-):
-    settings = make_settings(
-        database_url=sqlite_url, broker_url=broker_url, s3=s3_server,
-        bucket=make_bucket(s3_server), models_dir=models_dir, metrics_cache_ms=60_000,
-    )  # fmt: skip
+def test_admin_snapshot_is_cached_for_the_configured_time(settings_for, broker_url):
+    settings = settings_for(metrics_cache_ms=60_000)
     container = build_container(settings)
     try:
         client = create_app(container=container).test_client()

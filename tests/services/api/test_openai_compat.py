@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx2
 import openai
 import pytest
 
-from infra.localstack.servers import S3Server
 from services.api.app import create_app
 from services.container import Container
 from services.settings import Settings
-from tests.conftest import auth, make_bucket, make_settings
+from tests.conftest import auth
 from tests.helpers import chat_body, count_jobs, count_objects, data_url, make_image, queue_length
 from tests.services.api.pipeline_stand_in import PipelineStandIn
 
@@ -27,13 +25,8 @@ CHAT_TIMEOUT = 2
 
 
 @pytest.fixture
-def settings(sqlite_url: str, broker_url: str, s3_server: S3Server, models_dir: Path) -> Settings:
-    return make_settings(
-        database_url=sqlite_url,
-        broker_url=broker_url,
-        s3=s3_server,
-        bucket=make_bucket(s3_server),
-        models_dir=models_dir,
+def settings(settings_for) -> Settings:
+    return settings_for(
         chat_completions_timeout_seconds=CHAT_TIMEOUT,
     )
 

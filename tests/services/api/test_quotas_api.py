@@ -12,7 +12,7 @@ from services.api.app import create_app
 from services.auth.keys import Role
 from services.container import build_container, utcnow
 from services.models_registry import LLAMA_90B
-from tests.conftest import auth, make_bucket, make_settings
+from tests.conftest import auth
 from tests.helpers import chat_body, count_jobs, count_objects, make_image, queue_length
 
 
@@ -138,13 +138,12 @@ def test_quota_free_model_under_zero_cap_still_runs(client, container, user_key,
     assert _submit(client, user_key, 2, model=LLAMA_90B).status_code == 402
 
 
-def test_quota_is_checked_with_other_settings_too(redis_server, s3_server, models_dir, sqlite_url):
+def test_quota_is_checked_with_other_settings_too(redis_server, settings_for):
     # LOUPE_REDIS_URL may point quotas at another Redis database than the broker.
-    settings = make_settings(
-        database_url=sqlite_url, broker_url=f"redis://127.0.0.1:{redis_server.port}/0",
-        s3=s3_server, bucket=make_bucket(s3_server), models_dir=models_dir,
+    settings = settings_for(
+        broker_url=f"redis://127.0.0.1:{redis_server.port}/0",
         redis_url=f"redis://127.0.0.1:{redis_server.port}/2",
-    )  # fmt: skip
+    )
     c = build_container(settings)
     try:
         key, plaintext = c.keys.create("k", Role.USER, utcnow())

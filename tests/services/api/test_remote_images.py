@@ -8,7 +8,7 @@ import hashlib
 
 import pytest
 
-from tests.conftest import auth, make_bucket, make_settings
+from tests.conftest import auth
 from tests.helpers import chat_body, count_jobs, count_objects, make_image, queue_length
 from tests.image_server import running_image_server
 
@@ -19,14 +19,9 @@ def image_server():
 
 
 @pytest.fixture
-def settings(sqlite_url, broker_url, s3_server, models_dir):
+def settings(settings_for):
     """Loopback allowlisted for image URLs (a local image server), as in the local stack."""
-    return make_settings(
-        database_url=sqlite_url,
-        broker_url=broker_url,
-        s3=s3_server,
-        bucket=make_bucket(s3_server),
-        models_dir=models_dir,
+    return settings_for(
         image_url_allowed_networks="127.0.0.0/8",
         image_url_allow_http="true",
     )

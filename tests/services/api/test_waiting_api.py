@@ -7,14 +7,12 @@ real store and the real job events (compare-and-set, then ``events.job_changed``
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from infra.localstack.servers import S3Server
 from services.settings import Settings
-from tests.conftest import auth, make_bucket, make_settings
+from tests.conftest import auth
 from tests.helpers import chat_body, count_jobs, make_image
 from tests.services.api.pipeline_stand_in import PipelineStandIn
 
@@ -22,13 +20,8 @@ MAX_WAIT = 5
 
 
 @pytest.fixture
-def settings(sqlite_url: str, broker_url: str, s3_server: S3Server, models_dir: Path) -> Settings:
-    return make_settings(
-        database_url=sqlite_url,
-        broker_url=broker_url,
-        s3=s3_server,
-        bucket=make_bucket(s3_server),
-        models_dir=models_dir,
+def settings(settings_for) -> Settings:
+    return settings_for(
         max_wait_seconds=MAX_WAIT,
         chat_completions_timeout_seconds=3,
     )

@@ -8,18 +8,13 @@ from datetime import datetime, timedelta
 import pytest
 
 from services.container import utcnow
-from tests.conftest import auth, make_bucket, make_settings
+from tests.conftest import auth
 from tests.helpers import chat_body, make_image, queue_length
 
 
 @pytest.fixture
-def settings(sqlite_url, broker_url, s3_server, models_dir):
-    return make_settings(
-        database_url=sqlite_url,
-        broker_url=broker_url,
-        s3=s3_server,
-        bucket=make_bucket(s3_server),
-        models_dir=models_dir,
+def settings(settings_for):
+    return settings_for(
         webhook_allowed_networks="127.0.0.0/8",
         webhook_allow_http="true",
         webhook_secret_overlap_seconds=3600,
