@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 import requests
+from sqlalchemy import select
 
 from infra.localstack.servers import RedisServer, S3Server, free_port
 from services.api.app import create_app
 from services.auth.keys import Role
 from services.container import Container, build_container, utcnow
 from services.db import upgrade_to_head
+from services.db.schema import usage_ledger
 from services.settings import Settings, load_settings
 from tests.conftest import make_bucket
 from workers.engines.tiny_mllama import build_tiny_mllama
@@ -78,6 +80,26 @@ def e2e_env(
     redis_server: RedisServer, s3_server: S3Server, models_dir: Path, tmp_path_factory: Any
 ) -> dict[str, str]:
     return make_env(redis_server, s3_server, models_dir, tmp_path_factory.mktemp("e2e"), 1)
+
+
+def wait_until(check: Any, timeout: float, what: str, interval: float = 0.25) -> Any:
+    """Poll ``check`` until it returns something truthy (returned), or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def ledger_rows(container: Container, job_id: str) -> list[Any]:
+    """The usage-ledger rows of one job (one, when it was billed once)."""
+    assert container.db_engine is not None
+    with container.db_engine.connect() as conn:
+        query = select(usage_ledger).where(usage_ledger.c.job_id == job_id)
+        return list(conn.execute(query).mappings().all())
 
 
 def process_env(env: dict[str, str]) -> dict[str, str]:

@@ -16,7 +16,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import auth
-from tests.e2e.conftest import ADMIN_HEARTBEAT_TTL_SECONDS, start_worker
+from tests.e2e.conftest import ADMIN_HEARTBEAT_TTL_SECONDS, start_worker, wait_until
 from tests.helpers import chat_body, make_image
 
 pytestmark = pytest.mark.e2e
@@ -45,17 +45,6 @@ def metric_sum(samples: dict[Any, float], name: str, **labels: str) -> float:
         v for (n, lbls), v in samples.items()
         if n == name and all((k, val) in lbls for k, val in labels.items())
     )  # fmt: skip
-
-
-def wait_until(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.25)
 
 
 def test_e2e_admin_depth_age_drain_and_worker_heartbeats(

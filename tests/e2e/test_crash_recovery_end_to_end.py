@@ -3,35 +3,26 @@
 from __future__ import annotations
 
 import signal
-import time
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 import redis
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from services.api.app import create_app
 from services.auth.keys import Role
 from services.container import build_container, utcnow
-from services.db.schema import jobs, usage_ledger
+from services.db.schema import jobs
 from services.jobs.maintenance import requeue_lost
 from services.jobs.queue import RedisQueuedMessages
 from services.settings import load_settings
 from tests.conftest import auth
-from tests.e2e.conftest import make_env, start_worker
+from tests.e2e.conftest import ledger_rows, make_env, start_worker, wait_until
 from tests.e2e.test_jobs_end_to_end import wait_for
 from tests.helpers import chat_body, make_image
 
 pytestmark = pytest.mark.e2e
-
-
-def _until(predicate, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
 
 
 def test_e2e_a_job_whose_worker_was_killed_mid_run_is_taken_over_and_billed_once(
@@ -48,7 +39,7 @@ def test_e2e_a_job_whose_worker_was_killed_mid_run_is_taken_over_and_billed_once
         key = container.keys.create("crash", Role.USER, utcnow())[1]
         body = chat_body(make_image(), max_tokens=2048, ignore_eos=True)
         job_id = client.post("/v1/jobs", json=body, headers=auth(key)).json["id"]
-        _until(lambda: container.jobs.get(job_id).status.value == "running", 120)
+        wait_until(lambda: container.jobs.get(job_id).status.value == "running", 120, "a run", 0.1)
         first.stop(signal.SIGKILL)  # mid-run: no clean-up, no ack, no release
         assert container.jobs.get(job_id).status.value == "running"
         assert broker.hlen("unacked") == 1  # the dead worker's delivery, back only in 2 h
@@ -70,10 +61,7 @@ def test_e2e_a_job_whose_worker_was_killed_mid_run_is_taken_over_and_billed_once
         done = wait_for(lambda: client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json)
         assert done["status"] == "succeeded", done
         assert container.jobs.get(job_id).attempts == 2
-        with container.db_engine.connect() as conn:
-            rows = conn.execute(
-                select(usage_ledger).where(usage_ledger.c.job_id == job_id)
-            ).mappings().all()  # fmt: skip
+        rows = ledger_rows(container, job_id)
         assert len(rows) == 1
         assert rows[0]["completion_tokens"] == done["usage"]["completion_tokens"] > 0
         assert Decimal(done["usage"]["cost"]["total"]) == rows[0]["cost_total"]

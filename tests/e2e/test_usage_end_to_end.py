@@ -10,17 +10,15 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import select
 
 from services.api.app import create_app
 from services.auth.keys import Role
 from services.container import build_container, utcnow
-from services.db.schema import usage_ledger
 from services.jobs.queue import CeleryTaskQueue
 from services.models_registry import TINY_MODEL
 from services.settings import load_settings
 from tests.conftest import auth
-from tests.e2e.conftest import make_env, start_worker
+from tests.e2e.conftest import ledger_rows, make_env, start_worker, wait_until
 from tests.e2e.test_jobs_end_to_end import wait_for
 from tests.helpers import chat_body, make_image
 
@@ -36,14 +34,6 @@ def _wait_log(worker: Any, text: str, count: int, timeout: float = 120) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"worker never logged {text!r} {count} times")
-
-
-def _until(predicate: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.2)
 
 
 def test_e2e_job_is_billed_once_even_when_its_message_comes_again(worker, e2e_env):
@@ -70,11 +60,7 @@ def test_e2e_job_is_billed_once_even_when_its_message_comes_again(worker, e2e_en
         finally:
             queue.close()
         _wait_log(worker, f"job {job_id}: duplicate message ignored", 2)
-        assert container.db_engine is not None
-        with container.db_engine.connect() as conn:
-            rows = conn.execute(
-                select(usage_ledger).where(usage_ledger.c.job_id == job_id)
-            ).mappings().all()  # fmt: skip
+        rows = ledger_rows(container, job_id)
         assert len(rows) == 1
         cost = body["usage"]["cost"]
         assert rows[0]["cost_total"] == Decimal(cost["total"]) > Decimal("0.0005058")
@@ -110,7 +96,7 @@ def test_e2e_worker_killed_after_the_model_before_the_ack_bills_once(
         )
         assert response.status_code == 202, response.json
         job_id = response.json["id"]
-        _until(lambda: crashing.process.poll() is not None, 120)
+        wait_until(lambda: crashing.process.poll() is not None, 120, "the SIGKILL", 0.2)
         assert crashing.process.returncode == -signal.SIGKILL
         assert "SIGKILL before ack" in crashing.log_text()
         body = client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json
@@ -119,12 +105,8 @@ def test_e2e_worker_killed_after_the_model_before_the_ack_bills_once(
 
         survivor = start_worker(env, tmp_path / "survivor.log", "survivor")
         _wait_log(survivor, f"job {job_id}: duplicate message ignored", 1, timeout=90)
-        _until(lambda: broker.hlen("unacked") == 0, 30)
-        assert container.db_engine is not None
-        with container.db_engine.connect() as conn:
-            rows = conn.execute(
-                select(usage_ledger).where(usage_ledger.c.job_id == job_id)
-            ).mappings().all()  # fmt: skip
+        wait_until(lambda: broker.hlen("unacked") == 0, 30, "the ack", 0.2)
+        rows = ledger_rows(container, job_id)
         assert len(rows) == 1
         assert rows[0]["cost_total"] == Decimal(body["usage"]["cost"]["total"]) > 0
         again = client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json

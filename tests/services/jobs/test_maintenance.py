@@ -87,13 +87,14 @@ def _broker(container):
     return redis.Redis.from_url(container.settings.broker_url)
 
 
-def _drop_message(client: redis.Redis, job_id: str) -> None:
-    """Lose ``job_id``'s message, as a crash between commit and publish (or a broker wipe) would."""
+def _drop_message(client: redis.Redis, job_id: str) -> bytes:
+    """Lose ``job_id``'s message, as a crash between commit and publish (or a broker wipe) would;
+    returns it."""
     for name in priority_queue_names("inference").values():
         for raw in client.lrange(name, 0, -1):
             if json.loads(raw)["headers"]["id"] == job_id:
                 client.lrem(name, 1, raw)
-                return
+                return bytes(raw)
     raise AssertionError(f"no message for {job_id}")
 
 
@@ -159,13 +160,8 @@ def test_requeue_lost_publishes_again_only_old_queued_jobs_with_no_message(
 
 def _deliver(client: redis.Redis, job_id: str) -> None:
     """Move ``job_id``'s message to the unacked hash, as kombu does when a worker takes it."""
-    for name in priority_queue_names("inference").values():
-        for raw in client.lrange(name, 0, -1):
-            if json.loads(raw)["headers"]["id"] == job_id:
-                client.lrem(name, 1, raw)
-                client.hset(UNACKED_KEY, job_id, json.dumps([json.loads(raw), "", "inference"]))
-                return
-    raise AssertionError(f"no message for {job_id}")
+    raw = _drop_message(client, job_id)
+    client.hset(UNACKED_KEY, job_id, json.dumps([json.loads(raw), "", "inference"]))
 
 
 def test_requeue_lost_publishes_again_a_running_job_whose_worker_died(client, container, user_key):
