@@ -8,7 +8,7 @@ from decimal import Decimal
 import click
 
 from services.auth.keys import Role, SqlKeyStore
-from services.container import utcnow
+from services.clock import utcnow
 from services.db import make_engine, upgrade_to_head
 from services.errors import NotFound
 from services.settings import load_settings

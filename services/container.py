@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from redis import Redis
 from sqlalchemy import Engine
 
 from services.admin.monitor import Monitor, build_monitor
 from services.auth.keys import KeyStore, SqlKeyStore
+from services.catalog.registry import ModelRegistry, build_registry
+from services.clock import utcnow
 from services.db import make_engine
 from services.files.service import FileService
 from services.files.store import SqlFileStore
@@ -19,22 +21,17 @@ from services.jobs.queue import CeleryTaskQueue, TaskQueue
 from services.jobs.service import JobService
 from services.jobs.store import JobStore, SqlJobStore
 from services.jobs.waiting import JobWaiter
-from services.models_registry import ModelRegistry, build_registry
 from services.net.images import RemoteImageFetcher
 from services.settings import Settings
 from services.storage.blobs import BlobStore, S3BlobStore
 from services.storage.images import ImageLimits
 from services.usage.estimate import CostEstimator, TokenizerFileCounter
-from services.usage.ledger import SqlUsageLedger
+from services.usage.ledger import LedgerBilling, SqlUsageLedger
 from services.usage.quotas import QuotaEnforcer, SqlQuotaStore
 from services.webhooks.events import WebhookEvents
 from services.webhooks.queue import CeleryWebhookQueue, WebhookQueue
 from services.webhooks.service import WebhookService
 from services.webhooks.store import SqlWebhookStore, WebhookStore
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -90,7 +87,9 @@ def build_container(
     ``webhook_queue``."""
     engine = make_engine(settings.database_url)
     registry = build_registry(settings)
-    jobs = SqlJobStore(engine, charge_failed_jobs=settings.charge_failed_jobs)
+    jobs = SqlJobStore(
+        engine, billing=LedgerBilling(charge_failed_jobs=settings.charge_failed_jobs)
+    )
     redis_client = Redis.from_url(settings.redis_url, socket_timeout=5)
     blob_store = blobs if blobs is not None else S3BlobStore.from_settings(settings)
     task_queue = queue if queue is not None else CeleryTaskQueue(settings)

@@ -20,7 +20,8 @@ from sqlalchemy import create_engine, text
 from infra.localstack.servers import RedisServer, S3Server, start_redis, start_seaweed
 from services.api.app import create_app
 from services.auth.keys import Role
-from services.container import Container, build_container, utcnow
+from services.clock import utcnow
+from services.container import Container, build_container
 from services.db import upgrade_to_head
 from services.db.engine import normalize_url
 from services.settings import Settings, load_settings

@@ -12,8 +12,8 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
+from services.catalog.registry import build_registry
 from services.jobs.queue import INFERENCE_TASK, broker_transport_options
-from services.models_registry import build_registry
 from services.settings import Settings, load_settings
 from services.webhooks.queue import DELIVER_TASK
 

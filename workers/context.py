@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from services.container import Container, build_container, utcnow
+from services.catalog.registry import ModelRegistry, ModelSpec
+from services.clock import utcnow
+from services.container import Container, build_container
 from services.jobs.events import JobEvents, NoJobEvents
 from services.jobs.store import JobStore
-from services.models_registry import ModelRegistry, ModelSpec
 from services.settings import Settings
 from services.storage.blobs import BlobStore
 from workers.cancel_watcher import CancelWatcher

@@ -19,10 +19,10 @@ from datetime import datetime
 from typing import Any
 
 from services.admin.heartbeats import RedisHeartbeats
-from services.admin.models import WorkerInfo
-from services.container import utcnow
+from services.admin.types import WorkerInfo
+from services.catalog.registry import build_registry
+from services.clock import utcnow
 from services.errors import LoupeError
-from services.models_registry import build_registry
 from services.settings import Settings
 
 log = logging.getLogger("loupe.heartbeat")

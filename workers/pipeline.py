@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from services.errors import EngineError, InvalidInput, LoupeError, NotFound, Unavailable
-from services.jobs.models import Job
+from services.jobs.types import Job
 from workers.context import WorkerContext
 from workers.engines.base import GenerationRequest, GenerationResult
 from workers.images import decode_image

@@ -1,6 +1,6 @@
 """The webhook POST: to exactly the address the SSRF guard just checked, never following redirects.
 
-``post_webhook`` resolves and checks the URL again (``services.webhooks.ssrf.resolve_target``)
+``post_webhook`` resolves and checks the URL again (``services.net.webhook_urls.resolve_target``)
 and opens the TCP connection to that checked IP, while the ``Host`` header, TLS SNI and
 certificate check use the URL's host name. A DNS answer that changed since submit (rebinding)
 is therefore checked, and the one we checked is the one we connect to.
@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 import urllib3
 
 from services.net.ssrf import read_body, send
+from services.net.webhook_urls import Resolver, WebhookUrlRefused, resolve_target, system_resolver
 from services.settings import Settings
-from services.webhooks.models import RESPONSE_BODY_LIMIT, AttemptResult
-from services.webhooks.ssrf import Resolver, WebhookUrlRefused, resolve_target, system_resolver
+from services.webhooks.types import RESPONSE_BODY_LIMIT, AttemptResult
 
 USER_AGENT = "Loupe-Webhooks/1"
 

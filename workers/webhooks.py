@@ -27,15 +27,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from services.container import Container, build_container, utcnow
+from services.clock import utcnow
+from services.container import Container, build_container
 from services.errors import NotFound
+from services.net.webhook_urls import Resolver, system_resolver
 from services.settings import Settings
-from services.webhooks.models import AttemptResult, EventState, EventType, WebhookEvent
 from services.webhooks.queue import WebhookQueue
 from services.webhooks.service import get_or_create_secret
 from services.webhooks.signing import signature_headers
-from services.webhooks.ssrf import Resolver, system_resolver
 from services.webhooks.store import WebhookStore
+from services.webhooks.types import AttemptResult, EventState, EventType, WebhookEvent
 from workers.webhook_sender import post_webhook
 
 log = logging.getLogger("loupe.webhooks")

@@ -92,10 +92,10 @@ from infra.localstack.stack import (
     loupe_env,
     process_env,
 )
+from services.catalog.registry import ModelSpec, build_registry
 from services.errors import LoupeError
-from services.jobs.models import ContentPart, Message, SamplingParams
-from services.models_registry import ModelSpec, build_registry
 from services.settings import Settings, load_settings
+from services.types import ContentPart, Message, SamplingParams
 
 if TYPE_CHECKING:
     from workers.engines.base import Engine, GenerationRequest, GenerationResult

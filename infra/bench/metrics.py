@@ -42,15 +42,15 @@ from sqlalchemy import insert
 
 from infra.localstack.servers import start_redis
 from services.admin.heartbeats import RedisHeartbeats
-from services.admin.models import WorkerInfo
+from services.admin.types import WorkerInfo
 from services.api.app import create_app
 from services.auth.keys import Role
 from services.container import build_container
 from services.db import upgrade_to_head
 from services.db.schema import jobs
-from services.jobs.models import Priority
 from services.jobs.queue import priority_queue_names
 from services.settings import load_settings
+from services.types import Priority
 
 # A Celery protocol-2 message is ~1 KB of JSON; LLEN does not care, memory and AOF do.
 MESSAGE = json.dumps({"body": "W1siam9iXzAiXSwge30sIHt9XQ==", "pad": "x" * 900})

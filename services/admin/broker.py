@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import redis
 
 from services.errors import Unavailable
-from services.jobs.models import Priority
 from services.jobs.queue import UNACKED_KEY, priority_queue_names, unacked_record
+from services.types import Priority
 
 
 class RedisBrokerStats:

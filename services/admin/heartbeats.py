@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from services.admin.models import WorkerInfo
+from services.admin.types import WorkerInfo
 from services.errors import Unavailable
 
 KEY_PREFIX = "loupe:workers:"

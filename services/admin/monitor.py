@@ -18,7 +18,8 @@ from sqlalchemy import Engine
 
 from services.admin.broker import RedisBrokerStats
 from services.admin.heartbeats import RedisHeartbeats
-from services.admin.models import (
+from services.admin.sql_stats import SqlJobStats, TotalsCache
+from services.admin.types import (
     Failure,
     JobCounts,
     ModelTotals,
@@ -28,10 +29,9 @@ from services.admin.models import (
     WindowStats,
     WorkerInfo,
 )
-from services.admin.sql_stats import SqlJobStats, TotalsCache
-from services.jobs.models import Priority
-from services.models_registry import ModelRegistry
+from services.catalog.registry import ModelRegistry
 from services.settings import Settings
+from services.types import Priority
 
 # Returns {outcome: count} of webhook deliveries (e.g. from a ``webhook_deliveries`` table).
 WebhookOutcomes = Callable[[], Mapping[str, int]]

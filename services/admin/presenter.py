@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from services.admin.models import Percentiles, Snapshot, WindowStats, WorkerInfo
-from services.jobs.presenter import timestamp
+from services.admin.types import Percentiles, Snapshot, WindowStats, WorkerInfo
+from services.clock import timestamp
 
 
 def _pct(p: Percentiles) -> dict[str, float | None]:

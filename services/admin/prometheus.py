@@ -18,8 +18,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from services.admin.models import Histogram, Snapshot
 from services.admin.monitor import Monitor
+from services.admin.types import Histogram, Snapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -19,7 +19,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
-from services.admin.models import (
+from services.admin.types import (
     QUEUE_WAIT_BUCKETS,
     RUN_TIME_BUCKETS,
     WINDOWS_MINUTES,
@@ -33,7 +33,7 @@ from services.admin.models import (
 )
 from services.db.errors import translate_db_errors
 from services.db.schema import UTCDateTime, jobs
-from services.jobs.models import TERMINAL_STATUSES, JobStatus, PriceCard, Priority
+from services.types import TERMINAL_STATUSES, JobStatus, PriceCard, Priority
 from services.usage.pricing import price_job
 
 # Most rows read for the percentile windows; beyond it the newest rows are used.

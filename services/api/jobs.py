@@ -16,10 +16,10 @@ from services.api.schemas import (
 )
 from services.api.waiting import apply_prefer_wait, requested_wait, wait_for_job
 from services.errors import BadRequest, UnsupportedMediaType
-from services.jobs.models import Job
 from services.jobs.presenter import job_to_public
 from services.jobs.service import SubmitCommand
 from services.jobs.store import Cursor
+from services.jobs.types import Job
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 bp.before_request(authenticate_request)

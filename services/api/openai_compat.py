@@ -31,8 +31,9 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from services.api.auth import authenticate_request, container, current_key
 from services.api.schemas import parse_json_job
 from services.errors import BadRequest, InvalidInput, Unavailable, UnsupportedMediaType
-from services.jobs.models import Job, JobStatus
 from services.jobs.presenter import job_to_public
+from services.jobs.types import Job
+from services.types import JobStatus
 
 bp = Blueprint("openai_compat", __name__, url_prefix="/v1/chat")
 bp.before_request(authenticate_request)

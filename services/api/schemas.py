@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from services.errors import BadRequest, InvalidInput
-from services.jobs.models import ContentPart, JobStatus, Message, Priority, SamplingParams
 from services.jobs.service import ImageSource, RemoteImage, SubmitCommand, UploadedImage
 from services.jobs.store import Cursor, JobFilter
+from services.types import ContentPart, JobStatus, Message, Priority, SamplingParams
 
 _DATA_URL = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*);base64,"

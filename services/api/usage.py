@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from services.api.auth import authenticate_request, container, current_key, require_admin
-from services.container import utcnow
+from services.clock import utcnow
 from services.usage import reports
 from services.usage.ledger import SqlUsageLedger
 

@@ -19,7 +19,7 @@ from flask import request
 
 from services.api.auth import container, current_key
 from services.errors import InvalidInput
-from services.jobs.models import Job
+from services.jobs.types import Job
 
 PREFERENCE_APPLIED = "Preference-Applied"
 

@@ -7,10 +7,10 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from services.api.auth import authenticate_request, container, current_key
+from services.clock import timestamp
 from services.errors import Unavailable
-from services.jobs.presenter import timestamp
-from services.webhooks.models import DeliveryAttempt, WebhookSecret
 from services.webhooks.service import EventLog, WebhookService
+from services.webhooks.types import DeliveryAttempt, WebhookSecret
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
 bp.before_request(authenticate_request)

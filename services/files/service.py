@@ -13,9 +13,9 @@ import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from services.clock import timestamp
 from services.errors import InvalidInput, NotFound, Unavailable
 from services.files.store import FileStore, StoredFile
-from services.jobs.presenter import timestamp
 from services.storage.blobs import BlobStore
 from services.storage.images import ImageLimits, validate_image
 

@@ -12,7 +12,7 @@ from sqlalchemy.engine import RowMapping
 
 from services.db.errors import translate_db_errors
 from services.db.schema import files
-from services.jobs.models import ImageRef
+from services.types import ImageRef
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-from services.jobs.models import Job
+from services.jobs.types import Job
 
 log = logging.getLogger("loupe.events")
 

@@ -16,7 +16,7 @@ import threading
 
 import redis
 
-from services.jobs.models import Job
+from services.jobs.types import Job
 
 log = logging.getLogger("loupe.notify")
 

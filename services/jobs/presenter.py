@@ -5,12 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from services.jobs.models import Job, JobStatus, QueueInfo
+from services.clock import timestamp
+from services.jobs.types import Job, QueueInfo
+from services.types import JobStatus
 from services.usage.pricing import Cost, money_str, price_job
-
-
-def timestamp(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:

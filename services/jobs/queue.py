@@ -13,8 +13,8 @@ from typing import Any, Protocol
 import redis
 
 from services.errors import Unavailable
-from services.jobs.models import BROKER_PRIORITY_STEPS, Priority
 from services.settings import Settings
+from services.types import BROKER_PRIORITY_STEPS, Priority
 
 INFERENCE_TASK = "loupe.inference.run"
 # Separator kombu puts between a queue's name and its priority step: ``inference:9``.

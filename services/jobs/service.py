@@ -11,27 +11,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from services.catalog.registry import ModelRegistry, ModelSpec
 from services.errors import Conflict, InvalidInput, Unavailable
 from services.jobs.events import JobEvents, NoJobEvents
-from services.jobs.models import (
-    Job,
-    JobStatus,
-    Message,
-    NewJob,
-    Priority,
-    QueueInfo,
-    SamplingParams,
-)
 from services.jobs.queue import TaskQueue
 from services.jobs.store import Cursor, JobFilter, JobStore
-from services.models_registry import ModelRegistry, ModelSpec
+from services.jobs.types import Job, NewJob, QueueInfo
 from services.net.images import ImageFetcher
+from services.net.webhook_urls import check_webhook_url
 from services.settings import Settings
 from services.storage.blobs import BlobStore
 from services.storage.images import ImageLimits, ValidatedImage, validate_image
+from services.types import JobStatus, Message, Priority, SamplingParams
 from services.usage.estimate import CostEstimator
 from services.usage.quotas import NoQuotas, QuotaGate
-from services.webhooks.ssrf import check_webhook_url
 
 
 @dataclass(frozen=True)

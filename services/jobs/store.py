@@ -11,7 +11,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import Engine, Text, and_, cast, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Text,
+    and_,
+    cast,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ColumnElement
@@ -19,17 +31,8 @@ from sqlalchemy.sql import ColumnElement
 from services.db.errors import translate_db_errors
 from services.db.schema import jobs
 from services.errors import Conflict, NotFound
-from services.jobs.models import (
-    ImageRef,
-    Job,
-    JobStatus,
-    Message,
-    NewJob,
-    PriceCard,
-    Priority,
-    SamplingParams,
-)
-from services.usage.ledger import is_billable, record_usage
+from services.jobs.types import Job, NewJob
+from services.types import ImageRef, JobStatus, Message, PriceCard, Priority, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,14 @@ class JobRoute(NamedTuple):
     id: str
     priority: Priority
     model: str
+
+
+class Billing(Protocol):
+    """Charges a job inside the transaction that finishes it (``services.usage.ledger``): the
+    store decides when, the ledger decides whether and how much, and neither imports the other."""
+
+    def billable(self, status: JobStatus, prompt_tokens: int | None) -> bool: ...
+    def record(self, conn: Connection, job_id: str, at: datetime) -> None: ...
 
 
 class JobStore(Protocol):
@@ -120,9 +131,9 @@ class JobStore(Protocol):
 class SqlJobStore:
     """``JobStore`` over SQLAlchemy Core; works on SQLite and PostgreSQL."""
 
-    def __init__(self, engine: Engine, *, charge_failed_jobs: bool = True) -> None:
+    def __init__(self, engine: Engine, *, billing: Billing) -> None:
         self._engine = engine
-        self._charge_failed_jobs = charge_failed_jobs
+        self._billing = billing
 
     def insert(self, job: NewJob, now: datetime) -> Job:
         values = {
@@ -504,9 +515,7 @@ class SqlJobStore:
         """
         status = JobStatus(values["status"])
         if status.terminal:
-            values["billed"] = is_billable(
-                status, values.get("prompt_tokens"), self._charge_failed_jobs
-            )
+            values["billed"] = self._billing.billable(status, values.get("prompt_tokens"))
         with translate_db_errors(), self._engine.begin() as conn:
             result = conn.execute(
                 update(jobs)
@@ -518,7 +527,7 @@ class SqlJobStore:
                 .values(**values)
             )
             if result.rowcount == 1 and values.get("billed"):
-                record_usage(conn, job_id, values["completed_at"])
+                self._billing.record(conn, job_id, values["completed_at"])
         return result.rowcount == 1
 
 

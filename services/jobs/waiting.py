@@ -33,8 +33,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from services.jobs.models import Job
 from services.jobs.notify import CHANNEL_PATTERN, job_id_from_channel
+from services.jobs.types import Job
 
 log = logging.getLogger("loupe.waiting")
 

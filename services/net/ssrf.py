@@ -11,7 +11,7 @@ that address while TLS SNI, the certificate check and the ``Host`` header use th
 name, so a DNS answer that changes in between (rebinding) cannot smuggle a request to an internal
 address. Redirects are never followed: a redirect could point anywhere.
 
-Used for webhook targets (``services.webhooks.ssrf``) and remote images
+Used for webhook targets (``services.net.webhook_urls``) and remote images
 (``services.net.images``).
 """
 

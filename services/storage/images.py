@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from services.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from services.jobs.models import ImageRef
 from services.settings import Settings
+from services.types import ImageRef
 
 _CONTENT_TYPES = {
     "JPEG": "image/jpeg",

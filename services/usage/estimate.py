@@ -28,8 +28,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-from services.jobs.models import Message
-from services.models_registry import ModelSpec
+from services.catalog.registry import ModelSpec
+from services.types import Message
 from services.usage.pricing import price_job
 
 log = logging.getLogger("loupe.usage")

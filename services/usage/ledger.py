@@ -28,7 +28,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from services.db.errors import translate_db_errors
 from services.db.schema import api_keys, jobs, usage_ledger
-from services.jobs.models import JobStatus, PriceCard
+from services.types import JobStatus, PriceCard
 from services.usage.pricing import money_str, price_job
 
 GroupBy = Literal["day", "model"]
@@ -41,6 +41,19 @@ def is_billable(status: JobStatus, prompt_tokens: int | None, charge_failed_jobs
     if status is JobStatus.FAILED:
         return charge_failed_jobs
     return status in (JobStatus.SUCCEEDED, JobStatus.CANCELED)
+
+
+class LedgerBilling:
+    """The job store's ``Billing`` port: this module's policy and ledger row."""
+
+    def __init__(self, *, charge_failed_jobs: bool) -> None:
+        self._charge_failed_jobs = charge_failed_jobs
+
+    def billable(self, status: JobStatus, prompt_tokens: int | None) -> bool:
+        return is_billable(status, prompt_tokens, self._charge_failed_jobs)
+
+    def record(self, conn: Connection, job_id: str, at: datetime) -> None:
+        record_usage(conn, job_id, at)
 
 
 def record_usage(conn: Connection, job_id: str, now: datetime) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from services.jobs.models import PriceCard
+from services.types import PriceCard
 
 _MILLION = Decimal(1_000_000)
 # Every amount is rounded (half-even) to 1e-10 USD once, per component, so that the total is

@@ -31,7 +31,7 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from services.db.errors import translate_db_errors
 from services.db.schema import api_keys, jobs, key_quotas
 from services.errors import NotFound, PaymentRequired, QuotaExceeded, Unavailable
-from services.jobs.models import JobStatus
+from services.types import JobStatus
 from services.usage.ledger import SqlUsageLedger
 from services.usage.pricing import money_str
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from services.jobs.models import Job, JobStatus
 from services.jobs.presenter import job_to_public
+from services.jobs.types import Job
 from services.settings import Settings
-from services.webhooks.models import EventState, EventType, NewWebhookEvent, new_event_id
+from services.types import JobStatus
 from services.webhooks.queue import WebhookQueue
 from services.webhooks.store import WebhookStore
+from services.webhooks.types import EventState, EventType, NewWebhookEvent, new_event_id
 
 
 def event_type_for(job: Job) -> EventType | None:

@@ -9,9 +9,9 @@ from datetime import datetime, timedelta
 from services.errors import Conflict
 from services.jobs.store import JobStore
 from services.settings import Settings
-from services.webhooks.models import DeliveryAttempt, WebhookEvent, WebhookSecret, new_secret
 from services.webhooks.queue import WebhookQueue
 from services.webhooks.store import WebhookStore
+from services.webhooks.types import DeliveryAttempt, WebhookEvent, WebhookSecret, new_secret
 
 
 @dataclass(frozen=True)

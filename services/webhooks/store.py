@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from services.db.errors import translate_db_errors
 from services.db.schema import webhook_attempts, webhook_events, webhook_secrets
 from services.errors import NotFound
-from services.webhooks.models import (
+from services.webhooks.types import (
     AttemptResult,
     DeliveryAttempt,
     EventState,

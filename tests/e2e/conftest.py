@@ -19,7 +19,8 @@ from sqlalchemy import select
 from infra.localstack.servers import RedisServer, S3Server, free_port
 from services.api.app import create_app
 from services.auth.keys import Role
-from services.container import Container, build_container, utcnow
+from services.clock import utcnow
+from services.container import Container, build_container
 from services.db import upgrade_to_head
 from services.db.schema import usage_ledger
 from services.settings import Settings, load_settings

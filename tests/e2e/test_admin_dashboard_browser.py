@@ -16,7 +16,7 @@ import requests
 
 from services.admin.heartbeats import KEY_PREFIX
 from services.auth.keys import SqlKeyStore
-from services.container import utcnow
+from services.clock import utcnow
 from services.db import make_engine
 from tests.conftest import auth
 from tests.e2e.conftest import REPO, start_worker

@@ -12,7 +12,8 @@ from sqlalchemy import update
 
 from services.api.app import create_app
 from services.auth.keys import Role
-from services.container import build_container, utcnow
+from services.clock import utcnow
+from services.container import build_container
 from services.db.schema import jobs
 from services.jobs.maintenance import requeue_lost
 from services.jobs.queue import RedisQueuedMessages

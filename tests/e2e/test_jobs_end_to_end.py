@@ -13,11 +13,12 @@ import requests
 
 from services.api.app import create_app
 from services.auth.keys import Role
-from services.container import build_container, utcnow
-from services.jobs.models import JobStatus
+from services.catalog.registry import TINY_MODEL
+from services.clock import utcnow
+from services.container import build_container
 from services.jobs.queue import CeleryProducer
-from services.models_registry import TINY_MODEL
 from services.settings import load_settings
+from services.types import JobStatus
 from tests.conftest import auth
 from tests.e2e.conftest import make_env, start_api, start_worker
 from tests.helpers import chat_body, make_image

@@ -13,9 +13,10 @@ import redis
 
 from services.api.app import create_app
 from services.auth.keys import Role
-from services.container import build_container, utcnow
+from services.catalog.registry import TINY_MODEL
+from services.clock import utcnow
+from services.container import build_container
 from services.jobs.queue import CeleryTaskQueue
-from services.models_registry import TINY_MODEL
 from services.settings import load_settings
 from tests.conftest import auth
 from tests.e2e.conftest import ledger_rows, make_env, start_worker, wait_until

@@ -22,7 +22,8 @@ import requests
 
 from infra.localstack.servers import RedisServer, S3Server
 from services.auth.keys import Role
-from services.container import build_container, utcnow
+from services.clock import utcnow
+from services.container import build_container
 from services.settings import load_settings
 from tests.conftest import auth
 from tests.e2e.conftest import Proc, make_env, start_api

@@ -9,7 +9,8 @@ import requests
 from standardwebhooks import Webhook
 
 from services.auth.keys import Role
-from services.container import build_container, utcnow
+from services.clock import utcnow
+from services.container import build_container
 from services.settings import load_settings
 from tests.e2e.conftest import make_env, start_api, start_webhook_worker, start_worker
 from tests.helpers import chat_body, make_image

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from services.auth.keys import Role, SqlKeyStore
 from services.cli import main
-from services.container import utcnow
+from services.clock import utcnow
 from services.db import make_engine
 from services.usage.quotas import Quota, SqlQuotaStore
 

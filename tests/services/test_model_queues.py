@@ -10,11 +10,11 @@ import pytest
 import redis
 
 from services.auth.keys import Role
-from services.container import utcnow
+from services.catalog.registry import LLAMA_11B, LLAMA_90B, TINY_MODEL, build_registry
+from services.clock import utcnow
 from services.errors import ConfigurationError
 from services.jobs.maintenance import requeue_lost
 from services.jobs.queue import RedisQueuedMessages
-from services.models_registry import LLAMA_11B, LLAMA_90B, TINY_MODEL, build_registry
 from services.settings import Settings, load_settings
 from tests.conftest import auth
 from tests.helpers import chat_body, make_image

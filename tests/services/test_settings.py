@@ -24,14 +24,14 @@ def test_settings_read_loupe_variables():
     ],
 )
 def test_settings_reject_bad_values(env):
-    from services.models_registry import build_registry
+    from services.catalog.registry import build_registry
 
     with pytest.raises(ConfigurationError):
         build_registry(load_settings(env))
 
 
 def test_worker_concurrency_follows_the_models_max_num_seqs():
-    from services.models_registry import LLAMA_11B, LLAMA_90B, build_registry
+    from services.catalog.registry import LLAMA_11B, LLAMA_90B, build_registry
 
     for model, seqs in [(LLAMA_11B, 16), (LLAMA_90B, 32)]:
         settings = load_settings({"LOUPE_DEFAULT_MODEL": model})
@@ -41,7 +41,7 @@ def test_worker_concurrency_follows_the_models_max_num_seqs():
 
 
 def test_registry_ships_the_vllm_settings_for_llama_vision():
-    from services.models_registry import LLAMA_11B, LLAMA_90B, build_registry
+    from services.catalog.registry import LLAMA_11B, LLAMA_90B, build_registry
 
     registry = build_registry(load_settings({"LOUPE_TENSOR_PARALLEL_SIZE": "4"}))
     small = registry.get(LLAMA_11B).engine_args.to_vllm()
@@ -83,7 +83,7 @@ def test_settings_price_overrides_inline_or_file(tmp_path):
     ],
 )
 def test_settings_reject_bad_usage_values(env):
-    from services.models_registry import build_registry
+    from services.catalog.registry import build_registry
 
     with pytest.raises(ConfigurationError):
         build_registry(load_settings(env))

@@ -24,7 +24,7 @@ if (_why := vllm_import_error()) is not None:  # the main suite's virtualenv has
     )
 
 from services.errors import ConfigurationError, EngineError, Unavailable
-from services.jobs.models import ContentPart, Message, SamplingParams
+from services.types import ContentPart, Message, SamplingParams
 from tests.vllm.conftest import start_engine
 from tests.workers.engines.contract import (
     EngineContract,

@@ -11,7 +11,8 @@ import pytest
 
 from services.api.app import create_app
 from services.auth.keys import Role
-from services.container import Container, build_container, utcnow
+from services.clock import utcnow
+from services.container import Container, build_container
 from services.settings import load_settings
 from tests.conftest import auth
 from tests.e2e.conftest import Proc, make_env, start_worker

@@ -10,21 +10,14 @@ from typing import Any
 import pytest
 
 from services.auth.keys import Role, SqlKeyStore
+from services.catalog.registry import ModelSpec, build_registry
 from services.db import make_engine
 from services.errors import EngineError, Unavailable
-from services.jobs.models import (
-    ContentPart,
-    ImageRef,
-    JobStatus,
-    Message,
-    NewJob,
-    PriceCard,
-    SamplingParams,
-)
-from services.jobs.store import SqlJobStore
-from services.models_registry import ModelSpec, build_registry
+from services.jobs.types import NewJob
 from services.settings import Settings
+from services.types import ContentPart, ImageRef, JobStatus, Message, PriceCard, SamplingParams
 from tests.helpers import make_image
+from tests.support.stores import sql_job_store
 from workers.cancel_watcher import CancelWatcher
 from workers.context import WorkerContext
 from workers.engines.base import GenerationRequest, GenerationResult
@@ -95,7 +88,7 @@ class DictBlobs:
 @pytest.fixture
 def store(sqlite_url):
     engine = make_engine(sqlite_url)
-    yield SqlJobStore(engine)
+    yield sql_job_store(engine)
     engine.dispose()
 
 

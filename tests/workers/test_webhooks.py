@@ -18,19 +18,13 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from services.auth.keys import Role
-from services.container import build_container, utcnow
+from services.clock import utcnow
+from services.container import build_container
 from services.errors import Unavailable
-from services.jobs.models import (
-    ContentPart,
-    ImageRef,
-    JobStatus,
-    Message,
-    NewJob,
-    PriceCard,
-    SamplingParams,
-)
 from services.jobs.presenter import job_to_public
-from services.webhooks.models import EventState, new_secret
+from services.jobs.types import NewJob
+from services.types import ContentPart, ImageRef, JobStatus, Message, PriceCard, SamplingParams
+from services.webhooks.types import EventState, new_secret
 from services.webhooks.verify import verify_delivery
 from tests.conftest import make_bucket, make_settings
 from tests.receiver import Receiver, running_receiver

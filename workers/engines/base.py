@@ -14,7 +14,7 @@ from typing import Protocol
 from PIL import Image
 
 from services.errors import EngineError
-from services.jobs.models import Message, SamplingParams
+from services.types import Message, SamplingParams
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from services.errors import EngineError
-from services.jobs.models import Message
+from services.types import Message
 
 
 def to_chat(

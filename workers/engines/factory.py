@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from services.catalog.registry import BENCH_VLLM_MODEL, TINY_MODEL, TINY_VLLM_MODEL, ModelSpec
 from services.errors import ConfigurationError
-from services.models_registry import BENCH_VLLM_MODEL, TINY_MODEL, TINY_VLLM_MODEL, ModelSpec
 from services.settings import Settings
 from workers.engines.base import Engine
 

@@ -49,7 +49,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from services.errors import ConfigurationError, EngineError, Unavailable
-from services.jobs.models import SamplingParams
+from services.types import SamplingParams
 from workers.engines.base import GenerationRequest, GenerationResult, validate_sampling
 from workers.engines.chat import to_chat
 

@@ -40,7 +40,7 @@ from typing import Any
 from PIL import Image
 
 from services.errors import ConfigurationError, EngineError, Unavailable
-from services.jobs.models import SamplingParams
+from services.types import SamplingParams
 from workers.engines.base import GenerationRequest, GenerationResult, validate_sampling
 from workers.engines.chat import to_chat
 

@@ -10,16 +10,9 @@ from typing import Any
 from sqlalchemy import Engine, update
 
 from services.db.schema import jobs
-from services.jobs.models import (
-    ContentPart,
-    ImageRef,
-    Message,
-    NewJob,
-    PriceCard,
-    Priority,
-    SamplingParams,
-)
-from services.jobs.store import SqlJobStore
+from services.jobs.types import NewJob
+from services.types import ContentPart, ImageRef, Message, PriceCard, Priority, SamplingParams
+from tests.support.stores import sql_job_store
 
 _ids = itertools.count(1)
 PRICED = PriceCard(
@@ -41,7 +34,7 @@ def add_job(
     **values: Any,
 ) -> str:
     job_id = f"job_t{next(_ids):06d}"
-    SqlJobStore(engine).insert(
+    sql_job_store(engine).insert(
         NewJob(
             id=job_id,
             owner_id=owner,

@@ -7,9 +7,9 @@ import json
 import redis
 
 from services.admin.broker import UNACKED_KEY, RedisBrokerStats
-from services.jobs.models import Priority
 from services.jobs.queue import CeleryTaskQueue
 from services.settings import load_settings
+from services.types import Priority
 
 
 def test_broker_depths_count_each_priority_list_of_each_queue(broker_url):

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import redis
 
 from services.admin.heartbeats import KEY_PREFIX, RedisHeartbeats, heartbeat_key
-from services.admin.models import WorkerInfo
+from services.admin.types import WorkerInfo
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 

@@ -7,11 +7,11 @@ from decimal import Decimal
 
 import pytest
 
-from services.admin.models import QUEUE_WAIT_BUCKETS, RUN_TIME_BUCKETS
 from services.admin.sql_stats import SqlJobStats, TotalsCache, percentile
+from services.admin.types import QUEUE_WAIT_BUCKETS, RUN_TIME_BUCKETS
 from services.auth.keys import Role, SqlKeyStore
 from services.db import make_engine
-from services.jobs.models import Priority
+from services.types import Priority
 from tests.services.admin.jobrows import add_job
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)

@@ -9,7 +9,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from services.container import Container, utcnow
+from services.clock import utcnow
+from services.container import Container
 from services.db.schema import jobs
 
 

@@ -9,11 +9,12 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.admin.heartbeats import RedisHeartbeats
-from services.admin.models import WorkerInfo
+from services.admin.types import WorkerInfo
 from services.api.app import create_app
 from services.auth.keys import Role
-from services.container import build_container, utcnow
-from services.jobs.models import JobStatus
+from services.clock import utcnow
+from services.container import build_container
+from services.types import JobStatus
 from tests.conftest import auth
 from tests.helpers import chat_body, make_image
 from tests.services.admin.jobrows import add_job

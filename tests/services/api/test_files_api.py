@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from services.container import utcnow
+from services.clock import utcnow
 from services.db.schema import files
 from services.jobs.maintenance import remove_old_data
 from tests.conftest import auth

@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from services.container import utcnow
-from services.jobs.models import Priority
+from services.clock import utcnow
+from services.types import Priority
 from tests.conftest import auth
 from tests.helpers import chat_body, count_jobs, make_image, queue_length
 

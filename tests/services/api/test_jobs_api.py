@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from services.container import Container, utcnow
+from services.clock import utcnow
+from services.container import Container
 from services.settings import Settings
 from tests.conftest import auth
 from tests.helpers import (

@@ -10,8 +10,8 @@ from decimal import Decimal
 import pytest
 
 from services.auth.keys import Role
-from services.container import utcnow
-from services.models_registry import LLAMA_11B, LLAMA_90B
+from services.catalog.registry import LLAMA_11B, LLAMA_90B
+from services.clock import utcnow
 from tests.conftest import auth
 from tests.helpers import chat_body, make_image
 from tests.services.usage.conftest import insert_job, run_to

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from services.container import utcnow
+from services.clock import utcnow
 from tests.conftest import auth
 from tests.helpers import chat_body, make_image, queue_length
 

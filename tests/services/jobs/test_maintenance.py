@@ -7,10 +7,10 @@ from datetime import timedelta
 
 import redis
 
-from services.container import utcnow
+from services.clock import utcnow
 from services.jobs.maintenance import expire_overdue, remove_old_data, requeue_lost
-from services.jobs.models import JobStatus
 from services.jobs.queue import UNACKED_KEY, RedisQueuedMessages, priority_queue_names
+from services.types import JobStatus
 from tests.conftest import auth
 from tests.helpers import chat_body, make_image
 

@@ -9,16 +9,9 @@ import pytest
 from services.auth.keys import Role, SqlKeyStore
 from services.db import make_engine
 from services.errors import NotFound
-from services.jobs.models import (
-    ContentPart,
-    ImageRef,
-    JobStatus,
-    Message,
-    NewJob,
-    PriceCard,
-    SamplingParams,
-)
-from services.jobs.store import SqlJobStore
+from services.jobs.types import NewJob
+from services.types import ContentPart, ImageRef, JobStatus, Message, PriceCard, SamplingParams
+from tests.support.stores import sql_job_store
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=60)
@@ -33,7 +26,7 @@ def db(database_url):
 
 @pytest.fixture
 def store(db):
-    return SqlJobStore(db)
+    return sql_job_store(db)
 
 
 @pytest.fixture
@@ -216,7 +209,7 @@ def test_store_list_filters_and_pages_newest_first(store, owner, db):
 
 
 def test_store_queued_ahead_counts_priority_then_age(store, owner):
-    from services.jobs.models import Priority
+    from services.types import Priority
 
     _insert(store, owner, "low_1", T0, priority=Priority.LOW)
     _insert(store, owner, "norm_1", T0 + timedelta(seconds=1))

@@ -14,18 +14,12 @@ import redis
 from infra.localstack.servers import free_port, start_redis
 from services.auth.keys import Role, SqlKeyStore
 from services.db import make_engine
-from services.jobs.models import (
-    ContentPart,
-    Job,
-    JobStatus,
-    Message,
-    NewJob,
-    PriceCard,
-    SamplingParams,
-)
 from services.jobs.notify import RedisJobNotifier, job_channel, job_id_from_channel
 from services.jobs.store import SqlJobStore
+from services.jobs.types import Job, NewJob
 from services.jobs.waiting import JobWaiter
+from services.types import ContentPart, JobStatus, Message, PriceCard, SamplingParams
+from tests.support.stores import sql_job_store
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -33,7 +27,7 @@ T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 @pytest.fixture
 def store(sqlite_url: str) -> Iterator[SqlJobStore]:
     engine = make_engine(sqlite_url)
-    yield SqlJobStore(engine)
+    yield sql_job_store(engine)
     engine.dispose()
 
 

@@ -10,17 +10,9 @@ from sqlalchemy import Engine, select, update
 from services.auth.keys import Role, SqlKeyStore
 from services.db import make_engine
 from services.db.schema import jobs, usage_ledger
-from services.jobs.models import (
-    ContentPart,
-    ImageRef,
-    Job,
-    JobStatus,
-    Message,
-    NewJob,
-    PriceCard,
-    SamplingParams,
-)
 from services.jobs.store import SqlJobStore
+from services.jobs.types import Job, NewJob
+from services.types import ContentPart, ImageRef, JobStatus, Message, PriceCard, SamplingParams
 
 LEASE = timedelta(seconds=60)
 

@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import pytest
 
-from services.jobs.models import ContentPart, Message
-from services.models_registry import LLAMA_90B, TINY_MODEL, TINY_VLLM_MODEL, build_registry
+from services.catalog.registry import LLAMA_90B, TINY_MODEL, TINY_VLLM_MODEL, build_registry
 from services.settings import Settings
+from services.types import ContentPart, Message
 from services.usage.estimate import CostEstimator, TokenizerFileCounter
 from services.usage.pricing import price_job
 from workers.engines.tiny_mllama import build_tiny_mllama

@@ -10,14 +10,14 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import insert
 
+from services.catalog.registry import LLAMA_90B, build_registry
 from services.db.schema import usage_ledger
-from services.jobs.models import PriceCard
 from services.jobs.presenter import job_to_public
-from services.jobs.store import SqlJobStore
-from services.models_registry import LLAMA_90B, build_registry
 from services.settings import PriceOverride, Settings
+from services.types import PriceCard
 from services.usage.ledger import SqlUsageLedger, record_usage
 from tests.services.usage.conftest import insert_job, ledger_rows, new_owner, run_to
+from tests.support.stores import sql_job_store
 
 T0 = datetime(2026, 11, 3, 12, 0, tzinfo=UTC)
 CARD_90B = build_registry(Settings()).get(LLAMA_90B).price
@@ -34,7 +34,7 @@ def _job_cost(job) -> Decimal:
 
 
 def test_ledger_total_equals_sum_of_job_costs_over_200_mixed_jobs(db):
-    store = SqlJobStore(db)
+    store = sql_job_store(db)
     owners = [new_owner(db, f"k{i}", T0) for i in range(3)]
     rng = random.Random(5)
     expected_billed = 0
@@ -61,7 +61,7 @@ def test_ledger_total_equals_sum_of_job_costs_over_200_mixed_jobs(db):
 
 
 def test_ledger_skips_failed_jobs_when_policy_says_so_and_job_json_agrees(db):
-    store = SqlJobStore(db, charge_failed_jobs=False)
+    store = sql_job_store(db, charge_failed_jobs=False)
     owner = new_owner(db, "k", T0)
     insert_job(store, owner, "job_f", T0, CARD_90B)
     run_to(store, "job_f", "failed", T0)
@@ -75,7 +75,7 @@ def test_ledger_skips_failed_jobs_when_policy_says_so_and_job_json_agrees(db):
 
 
 def test_ledger_row_describes_the_job_exactly(db):
-    store = SqlJobStore(db)
+    store = sql_job_store(db)
     owner = new_owner(db, "k", T0)
     insert_job(store, owner, "job_x", T0, CARD_90B, images=1)
     run_to(store, "job_x", "succeeded", T0, prompt=1_000_000, completion=100_000)
@@ -94,7 +94,7 @@ def test_ledger_row_describes_the_job_exactly(db):
 
 
 def test_ledger_finishing_twice_bills_once(db):
-    store = SqlJobStore(db)
+    store = sql_job_store(db)
     owner = new_owner(db, "k", T0)
     insert_job(store, owner, "job_d", T0, CARD_90B)
     job = store.claim("job_d", T0, timedelta(seconds=60))
@@ -109,7 +109,7 @@ def test_ledger_finishing_twice_bills_once(db):
 
 
 def test_ledger_price_change_after_submit_keeps_the_jobs_price(db):
-    store = SqlJobStore(db)
+    store = sql_job_store(db)
     owner = new_owner(db, "k", T0)
     insert_job(store, owner, "job_old", T0, CARD_90B)
     # The deployment raises its prices after the job was submitted.

@@ -1,8 +1,8 @@
 from decimal import Decimal
 
-from services.jobs.models import PriceCard
-from services.models_registry import LLAMA_90B, build_registry
+from services.catalog.registry import LLAMA_90B, build_registry
 from services.settings import PriceOverride, Settings
+from services.types import PriceCard
 from services.usage.pricing import price_job
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from services.container import utcnow
-from services.webhooks.models import AttemptResult, EventType, NewWebhookEvent
+from services.clock import utcnow
+from services.webhooks.types import AttemptResult, EventType, NewWebhookEvent
 from tests.conftest import auth
 from tests.helpers import chat_body, make_image
 

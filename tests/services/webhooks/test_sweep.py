@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from services.container import utcnow
-from services.webhooks.models import AttemptResult, EventState, EventType, NewWebhookEvent
+from services.clock import utcnow
 from services.webhooks.sweep import requeue_overdue
+from services.webhooks.types import AttemptResult, EventState, EventType, NewWebhookEvent
 from tests.conftest import auth
 from tests.helpers import chat_body, make_image
 

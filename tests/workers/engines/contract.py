@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from services.errors import EngineError
-from services.jobs.models import ContentPart, Message, SamplingParams
+from services.types import ContentPart, Message, SamplingParams
 from workers.engines.base import Engine, GenerationRequest, GenerationResult
 
 PROMPTS = (

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from services.errors import ConfigurationError, EngineError, Unavailable
-from services.jobs.models import ContentPart, Message, SamplingParams
+from services.types import ContentPart, Message, SamplingParams
 from tests.workers.engines.contract import (
     EngineContract,
     make_request,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from services.jobs.models import JobStatus, Priority
+from services.types import JobStatus, Priority
 
 # Histogram buckets (seconds, upper bounds) for queue wait and run time; +Inf is implied.
 QUEUE_WAIT_BUCKETS = (

@@ -1,4 +1,4 @@
-"""SSRF guard for webhook URLs: the shared guard (``services.net.ssrf``) with the webhook policy.
+"""Webhook URLs: the shared SSRF guard (``services.net.ssrf``) with the webhook policy.
 
 Checked at submit (a 422) and again by the worker just before each POST, which then connects to
 exactly the address it checked (see ``workers/webhook_sender.py``).

@@ -10,8 +10,8 @@ from types import MappingProxyType
 from typing import Any
 
 from services.errors import ConfigurationError, InvalidInput
-from services.jobs.models import PriceCard
 from services.settings import Settings
+from services.types import PriceCard
 
 TINY_MODEL = "loupe-tiny-mllama"
 # A tiny random Idefics3 (SmolVLM architecture): the vision model current vLLM serves on CPU

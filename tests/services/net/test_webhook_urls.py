@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
+from services.net.webhook_urls import WebhookUrlRefused, blocked_reason, resolve_target
 from services.settings import load_settings
-from services.webhooks.ssrf import WebhookUrlRefused, blocked_reason, resolve_target
 
 STRICT = load_settings({})
 LOCAL = load_settings(

@@ -1,0 +1,1 @@
+"""Builders and fakes of our own Protocols, shared by the tests."""
