@@ -10,8 +10,9 @@
    (``--pool threads --concurrency C --prefetch-multiplier 1``) with
    ``LOUPE_WORKER_CONCURRENCY=C`` and ``LOUPE_DEFAULT_MODEL=<model>`` (preloaded before the
    worker logs ``ready.``). The engine's batch size is the model's ``max_num_seqs`` (16 for the
-   tiny model), whatever C is. The argv templates, environment and readiness
-   checks are those of ``infra.localstack.stack``; only the worker's concurrency and name differ.
+   tiny model), whatever C is. The stack is the local one (``infra.localstack.stack.bring_up``
+   with :func:`bench_plan`): the same parts, environment and readiness checks, with the
+   bench's worker name, model and concurrency, and no light worker.
 2. Warm-up: one job through the API, not timed.
 3. Service phase: N identical jobs (the same generated PNG, prompt, ``max_tokens``,
    ``temperature: 0`` and ``ignore_eos: true``, so each generates exactly ``max_tokens``) are
@@ -69,29 +70,9 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from infra.localstack.demo import TERMINAL, sample_png
-from infra.localstack.servers import (
-    LOOPBACK,
-    ServerStartError,
-    free_port,
-    random_credentials,
-    spawn,
-    start_redis,
-    start_seaweed,
-)
-from infra.localstack.stack import (
-    BUCKET,
-    DEFAULT_COMMANDS,
-    READY_TIMEOUT_S,
-    REGION,
-    StackError,
-    StackPaths,
-    _create_key,
-    _fill,
-    _run_cli,
-    _wait_ready,
-    loupe_env,
-    process_env,
-)
+from infra.localstack.parts import READY_TIMEOUT_S, Part, api_part, inference_worker_part
+from infra.localstack.servers import ServerStartError
+from infra.localstack.stack import StackError, StackPaths, StackPlan, bring_up, launched
 from services.catalog.registry import ModelSpec, build_registry
 from services.errors import LoupeError
 from services.settings import Settings, load_settings
@@ -187,25 +168,23 @@ class BenchStack:
 # --------------------------------------------------------------------------- the stack
 
 
-def worker_command(concurrency: int, name: str = WORKER_NAME) -> tuple[str, ...]:
-    """The local stack's worker argv template with ``--concurrency`` and node name replaced."""
-    argv = list(DEFAULT_COMMANDS.worker)
-    argv[argv.index("--concurrency") + 1] = str(concurrency)
-    argv[argv.index("-n") + 1] = f"{name}@%h"
-    return tuple(argv)
+def bench_parts(_paths: StackPaths, env: Mapping[str, str]) -> list[Part]:
+    """The API and ONE inference worker (named ``loupe-bench``); no light worker."""
+    return [api_part(env), inference_worker_part(env, node=WORKER_NAME)]
 
 
-def stack_env(base: Mapping[str, str], config: BenchConfig) -> dict[str, str]:
-    """The processes' environment: the local stack's ``base`` LOUPE_* settings with the bench's
-    model, concurrency (worker threads and engine batch size) and models dir."""
-    loupe = {
-        **base,
+def bench_plan(config: BenchConfig) -> StackPlan:
+    """The local stack's plan with the bench's parts, one user key, and the bench's model,
+    concurrency (worker threads) and models dir on top of the stack's settings."""
+    overrides = {
         "LOUPE_WORKER_CONCURRENCY": str(config.concurrency),
         "LOUPE_DEFAULT_MODEL": config.model,
     }
     if config.models_dir is not None:
-        loupe["LOUPE_MODELS_DIR"] = str(config.models_dir.resolve())
-    return process_env(loupe)
+        overrides["LOUPE_MODELS_DIR"] = str(config.models_dir.resolve())
+    return StackPlan(
+        app_parts=bench_parts, keys={"LOUPE_API_KEY": ("bench-user", "user")}, overrides=overrides
+    )
 
 
 @contextlib.contextmanager
@@ -215,37 +194,14 @@ def bench_stack(paths: StackPaths, config: BenchConfig) -> Iterator[BenchStack]:
     Every process is attached (owned and reaped here) and stopped in reverse start order however
     the block ends.
     """
-    commands = DEFAULT_COMMANDS
-    with contextlib.ExitStack() as running:
-        redis = start_redis(paths.dev / "redis", log_path=paths.log("redis"))
-        running.callback(redis.stop)
-        access_key_id, secret_access_key = random_credentials()
-        s3 = start_seaweed(
-            paths.dev / "seaweed",
-            bucket=BUCKET,
-            access_key_id=access_key_id,
-            secret_access_key=secret_access_key,
-            region=REGION,
-            log_path=paths.log("seaweed"),
+    with launched(paths, say=_say) as launcher:
+        values = bring_up(launcher, bench_plan(config), config.ready_timeout)
+        yield BenchStack(
+            api_url=values["LOUPE_API_URL"],
+            api_key=values["LOUPE_API_KEY"],
+            env=values,
+            paths=paths,
         )
-        running.callback(s3.stop)
-        env = stack_env(loupe_env(paths, redis, s3), config)
-        _run_cli(_fill(commands.migrate), env, paths.root)
-        api_key = _create_key(commands, env, paths.root, "bench-user", "user")
-        port = free_port()
-        api = spawn(_fill(commands.api, port=str(port)), paths.log("api"), env=env, cwd=paths.root)
-        running.callback(api.stop)
-        worker = spawn(
-            _fill(worker_command(config.concurrency)),
-            paths.log("worker"),
-            env=env,
-            cwd=paths.root,
-        )
-        running.callback(worker.stop)
-        api_url = f"http://{LOOPBACK}:{port}"
-        _say(f"stack starting: api {api_url}, worker concurrency {config.concurrency}")
-        _wait_ready(api_url, api, worker, config.ready_timeout)
-        yield BenchStack(api_url=api_url, api_key=api_key, env=env, paths=paths)
         _say("stopping the stack")
 
 

@@ -3,9 +3,13 @@
 ``up`` starts, all on 127.0.0.1 and detached (they outlive the command):
 Redis, SeaweedFS (S3, bucket ``loupe-images``, fresh random keys), then runs
 ``services.cli migrate`` and creates a user and an admin API key, then starts the API (gunicorn)
-and one Celery worker (plus a model-less one for the ``webhooks`` queue), waits until
-``GET /healthz`` answers 200 and the workers log ``ready.``,
+and one Celery worker (plus a model-less one for the ``webhooks`` and ``maintenance`` queues,
+with the beat), waits until ``GET /healthz`` answers 200 and the workers log ``ready.``,
 and writes ``.dev/stack.env`` (``KEY=value`` lines, shell-sourceable, mode 0600).
+
+The same sequence (:func:`bring_up`, a :class:`StackPlan`) starts the batching benchmark's
+stack, attached (:func:`launched`); every app process is defined once, in
+:mod:`infra.localstack.parts`, which the end-to-end tests start their processes from too.
 
 State lives in ``.dev/`` at the repository root (or ``--dev-dir``)::
 
@@ -26,34 +30,35 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
-
+from infra.localstack.parts import (
+    READY_TIMEOUT_S,
+    REPO_ROOT,
+    Part,
+    api_part,
+    inference_worker_part,
+    light_worker_part,
+    process_env,
+    start_parts,
+)
 from infra.localstack.servers import (
-    LOOPBACK,
     RedisServer,
     S3Server,
     ServerProcess,
     ServerStartError,
-    free_port,
     random_credentials,
-    read_log_tail,
-    spawn,
     start_redis,
     start_seaweed,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PARTS = ("redis", "seaweed", "api", "worker", "webhooks")
-"""Start order; ``down`` stops them in reverse."""
+"""The dev stack's parts in start order; ``down`` stops them in reverse."""
 BUCKET = "loupe-images"
 REGION = "us-east-1"
 WORKER_CONCURRENCY = 4
@@ -62,19 +67,9 @@ WEBHOOK_CONCURRENCY = 8
 WEBHOOK_ALLOWED_NETWORKS = "127.0.0.0/8,::1/128"
 API_THREADS = 16
 """gunicorn gthread threads per API process: a long-poll holds a thread, not a process."""
-READY_TIMEOUT_S = 300.0
 CLI_TIMEOUT_S = 600.0
-_WORKER_READY = re.compile(r"@\S+ ready\.")
-_QUIET_ENV = {
-    "PYTHONUNBUFFERED": "1",
-    "OTEL_SDK_DISABLED": "true",
-    "HF_HUB_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "DO_NOT_TRACK": "1",
-    "VLLM_NO_USAGE_STATS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
-"""No network, no telemetry from the app processes."""
+DEMO_KEYS = {"LOUPE_API_KEY": ("demo-user", "user"), "LOUPE_ADMIN_KEY": ("demo-admin", "admin")}
+"""The keys ``up`` creates: stack.env variable -> (name, role)."""
 
 
 class StackError(RuntimeError):
@@ -102,48 +97,6 @@ class StackPaths:
 
     def log(self, part: str) -> Path:
         return self.dev / "logs" / f"{part}.log"
-
-
-@dataclass(frozen=True)
-class StackCommands:
-    """argv templates of the app processes; ``{python}``, ``{port}``, ``{name}``, ``{role}``
-    are filled in. ``create_key`` must print the new plaintext key as its last stdout line."""
-
-    migrate: tuple[str, ...]
-    create_key: tuple[str, ...]
-    api: tuple[str, ...]
-    worker: tuple[str, ...]
-    webhook_worker: tuple[str, ...] = (
-        "{python}", "-m", "celery", "-A", "workers.celery_app", "worker",
-        "-Q", "webhooks,maintenance", "--beat", "--schedule", "{schedule}",
-        "--pool", "threads", "--concurrency", str(WEBHOOK_CONCURRENCY),
-        "--without-gossip", "--without-mingle", "--loglevel", "INFO", "-n", "loupe-webhooks@%h",
-    )  # fmt: skip
-    """The light worker: webhook deliveries and the maintenance sweeps (with an embedded beat
-    that schedules them); no model."""
-
-
-DEFAULT_COMMANDS = StackCommands(
-    migrate=("{python}", "-m", "services.cli", "migrate"),
-    create_key=(
-        "{python}", "-m", "services.cli", "create-key", "--name", "{name}", "--role", "{role}",
-    ),
-    api=(
-        "{python}", "-m", "gunicorn", "--bind", LOOPBACK + ":{port}", "--workers", "2",
-        "--worker-class", "gthread", "--threads", str(API_THREADS),
-        "--access-logfile", "-", "services.api.wsgi:app",
-    ),
-    worker=(
-        "{python}", "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "inference",
-        "--pool", "threads", "--concurrency", str(WORKER_CONCURRENCY),
-        "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle",
-        "--loglevel", "INFO", "-n", "loupe-local@%h",
-    ),
-)  # fmt: skip
-
-
-def _fill(template: Sequence[str], **values: str) -> list[str]:
-    return [part.format(python=sys.executable, **values) for part in template]
 
 
 # --------------------------------------------------------------------------- state files
@@ -281,12 +234,40 @@ def loupe_env(paths: StackPaths, redis: RedisServer, s3: S3Server) -> dict[str, 
     }
 
 
-def process_env(loupe: Mapping[str, str]) -> dict[str, str]:
-    """Our environment (LOUPE_* we don't set pass through), ``loupe`` on top, telemetry off."""
-    return {**os.environ, **loupe, **_QUIET_ENV}
+def local_app_parts(paths: StackPaths, env: Mapping[str, str]) -> list[Part]:
+    """The dev stack's app processes: the API, one inference worker, the light worker with the
+    deployment's one beat."""
+    beat_schedule = paths.dev / "run" / "celerybeat-schedule"
+    return [
+        api_part(env),
+        inference_worker_part(env),
+        light_worker_part(env, beat_schedule=beat_schedule),
+    ]
 
 
-def _run_cli(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> str:
+def create_key_argv(name: str, role: str) -> list[str]:
+    """``services.cli create-key``: prints the new plaintext key as its last stdout line."""
+    return [sys.executable, "-m", "services.cli", "create-key", "--name", name, "--role", role]
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    """What a stack runs once Redis and SeaweedFS answer, in this order.
+
+    The app processes get :func:`loupe_env` with ``overrides`` on top. ``migrate`` runs, then
+    ``create_key(name, role)`` once per ``keys`` entry (stack.env variable -> (name, role)),
+    whose last stdout line is the key. Then ``app_parts(paths, env)`` start side by side; the
+    part named ``api`` gives ``LOUPE_API_URL``.
+    """
+
+    app_parts: Callable[[StackPaths, Mapping[str, str]], Sequence[Part]] = local_app_parts
+    keys: Mapping[str, tuple[str, str]] = field(default_factory=lambda: dict(DEMO_KEYS))
+    overrides: Mapping[str, str] = field(default_factory=dict)
+    migrate: Sequence[str] = (sys.executable, "-m", "services.cli", "migrate")
+    create_key: Callable[[str, str], Sequence[str]] = create_key_argv
+
+
+def run_cli(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> str:
     """Run a one-shot command; its stdout, or :class:`StackError` with its output tail."""
     try:
         done = subprocess.run(
@@ -307,131 +288,123 @@ def _run_cli(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> str:
     return done.stdout
 
 
-def _create_key(
-    commands: StackCommands, env: Mapping[str, str], cwd: Path, name: str, role: str
-) -> str:
-    out = _run_cli(_fill(commands.create_key, name=name, role=role), env, cwd)
-    lines = [line.strip() for line in out.splitlines() if line.strip()]
+def create_key(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> str:
+    """Run a create-key command; the key it printed last, or :class:`StackError`."""
+    lines = [line.strip() for line in run_cli(argv, env, cwd).splitlines() if line.strip()]
     if not lines:
-        raise StackError(f"create-key --name {name} printed no key")
+        raise StackError(f"`{shlex.join(argv)}` printed no key")
     return lines[-1]
 
 
-def _healthz(api_url: str) -> bool:
+class Launcher:
+    """Starts a stack's parts, remembers them, and stops them newest first.
+
+    Attached (default) the processes are this process's children. Detached they outlive it,
+    and each one's pid record is written to ``paths.pid_file(part)`` as soon as it runs, so
+    ``down`` can stop it from another process. ``say`` reports progress.
+    """
+
+    def __init__(
+        self, paths: StackPaths, *, detached: bool = False, say: Callable[[str], None] = print
+    ) -> None:
+        self.paths = paths
+        self.detached = detached
+        self.say = say
+        self._started: list[ServerProcess] = []
+
+    def backing(self) -> tuple[RedisServer, S3Server]:
+        """Redis, then SeaweedFS with the stack's bucket and fresh random keys; both answer."""
+        redis = start_redis(
+            self.paths.dev / "redis", detached=self.detached, log_path=self.paths.log("redis")
+        )
+        self._started_part("redis", redis.process)
+        self.say(f"redis    up at {redis.url}")
+        s3 = self._seaweed()
+        self.say(f"seaweed  up at {s3.endpoint_url} (bucket {s3.bucket})")
+        return redis, s3
+
+    def _seaweed(self) -> S3Server:
+        access_key_id, secret_access_key = random_credentials()
+        s3 = start_seaweed(
+            self.paths.dev / "seaweed",
+            bucket=BUCKET,
+            access_key_id=access_key_id,
+            secret_access_key=secret_access_key,
+            region=REGION,
+            detached=self.detached,
+            log_path=self.paths.log("seaweed"),
+        )
+        self._started_part("seaweed", s3.process)
+        return s3
+
+    def apps(self, parts: Sequence[Part], env: Mapping[str, str], timeout: float) -> None:
+        """Start ``parts`` side by side, logs in ``paths.log(part.name)``; return once all are
+        ready (see :func:`infra.localstack.parts.start_parts`)."""
+        self.say(f"starting {', '.join(part.name for part in parts)}")
+        start_parts(
+            [(part, self.paths.log(part.name)) for part in parts],
+            env,
+            cwd=self.paths.root,
+            detached=self.detached,
+            timeout=timeout,
+            on_spawn=lambda part, process: self._started_part(part.name, process),
+        )
+
+    def stop(self) -> None:
+        """Stop everything started here, newest first. Idempotent."""
+        while self._started:
+            self._started.pop().stop()
+
+    def _started_part(self, part: str, process: ServerProcess) -> None:
+        self._started.append(process)
+        if self.detached:
+            _record(self.paths, part, process)
+
+
+@contextlib.contextmanager
+def launched(paths: StackPaths, *, say: Callable[[str], None] = print) -> Iterator[Launcher]:
+    """An attached :class:`Launcher`: whatever it started is stopped, newest first, however the
+    block ends (also when a later part failed to start)."""
+    launcher = Launcher(paths, say=say)
     try:
-        with requests.get(api_url + "/healthz", timeout=2) as response:
-            return response.status_code == 200
-    except requests.RequestException:
-        return False
+        yield launcher
+    finally:
+        launcher.stop()
 
 
-def _worker_ready(log: Path) -> bool:
-    return bool(_WORKER_READY.search(read_log_tail(log, lines=400)))
+def bring_up(launcher: Launcher, plan: StackPlan, timeout: float) -> dict[str, str]:
+    """Start a whole stack with ``launcher``: Redis, SeaweedFS, ``plan``'s one-shot commands
+    and app parts, each app part ready within ``timeout`` s. Returns the stack.env values:
+    every LOUPE_* in use, ``LOUPE_API_URL`` and the keys. Raises :class:`StackError` or
+    :class:`ServerStartError`; what it started is left to the launcher's owner to stop."""
+    paths = launcher.paths
+    _prepare_dirs(paths)
+    redis, s3 = launcher.backing()
+    env = process_env({**loupe_env(paths, redis, s3), **plan.overrides})
+    run_cli(plan.migrate, env, paths.root)
+    launcher.say("database migrated")
+    keys = {
+        variable: create_key(plan.create_key(name, role), env, paths.root)
+        for variable, (name, role) in plan.keys.items()
+    }
+    parts = plan.app_parts(paths, env)
+    launcher.apps(parts, env, timeout)
+    in_use = {key: value for key, value in env.items() if key.startswith("LOUPE_")}
+    return {**in_use, "LOUPE_API_URL": _api_url(parts), **keys}
 
 
-def _wait_ready(api_url: str, api: ServerProcess, worker: ServerProcess, timeout: float) -> None:
-    """Until the API's /healthz is 200 and the worker logged ``ready.``; StackError if one dies."""
-    deadline = time.monotonic() + timeout
-    ready = {"api": False, "worker": False}
-    processes = {"api": api, "worker": worker}
-    while not all(ready.values()):
-        for part, process in processes.items():
-            if not process.alive():
-                raise StackError(f"{part} exited during startup:\n{process.log_tail()}")
-        ready["api"] = ready["api"] or _healthz(api_url)
-        ready["worker"] = ready["worker"] or _worker_ready(worker.log_path)
-        if time.monotonic() >= deadline:
-            late = [part for part, ok in ready.items() if not ok]
-            tails = "\n".join(f"--- {p}:\n{processes[p].log_tail()}" for p in late)
-            raise StackError(f"{', '.join(late)} not ready within {timeout:.0f} s\n{tails}")
-        time.sleep(0.5)
-
-
-def _start_backing(paths: StackPaths) -> tuple[RedisServer, S3Server]:
-    redis = start_redis(paths.dev / "redis", detached=True, log_path=paths.log("redis"))
-    _record(paths, "redis", redis.process)
-    print(f"redis    up at {redis.url}")
-    access_key_id, secret_access_key = random_credentials()
-    s3 = start_seaweed(
-        paths.dev / "seaweed",
-        bucket=BUCKET,
-        access_key_id=access_key_id,
-        secret_access_key=secret_access_key,
-        region=REGION,
-        detached=True,
-        log_path=paths.log("seaweed"),
-    )
-    _record(paths, "seaweed", s3.process)
-    print(f"seaweed  up at {s3.endpoint_url} (bucket {s3.bucket})")
-    return redis, s3
-
-
-def _start_app(
-    paths: StackPaths, commands: StackCommands, env: Mapping[str, str], timeout: float
-) -> str:
-    """Start the API and the worker, wait for both; returns the API URL."""
-    port = free_port()
-    api = spawn(
-        _fill(commands.api, port=str(port)),
-        paths.log("api"),
-        env=env,
-        cwd=paths.root,
-        detached=True,
-    )
-    _record(paths, "api", api)
-    worker = spawn(
-        _fill(commands.worker),
-        paths.log("worker"),
-        env=env,
-        cwd=paths.root,
-        detached=True,
-    )
-    _record(paths, "worker", worker)
-    webhooks = spawn(
-        _fill(commands.webhook_worker, schedule=str(paths.dev / "run" / "celerybeat-schedule")),
-        paths.log("webhooks"),
-        env=env,
-        cwd=paths.root,
-        detached=True,
-    )
-    _record(paths, "webhooks", webhooks)
-    api_url = f"http://{LOOPBACK}:{port}"
-    print(f"api      starting at {api_url}; worker starting (first start builds a tiny model)")
-    _wait_ready(api_url, api, worker, timeout)
-    _wait_webhooks_ready(webhooks, timeout)
-    return api_url
-
-
-def _wait_webhooks_ready(webhooks: ServerProcess, timeout: float) -> None:
-    """Until the webhooks worker logged ``ready.``; StackError if it dies or is late."""
-    deadline = time.monotonic() + timeout
-    while not _worker_ready(webhooks.log_path):
-        if not webhooks.alive():
-            raise StackError(f"webhooks exited during startup:\n{webhooks.log_tail()}")
-        if time.monotonic() >= deadline:
-            raise StackError(f"webhooks not ready within {timeout:.0f} s\n{webhooks.log_tail()}")
-        time.sleep(0.5)
-
-
-def _bring_up(paths: StackPaths, commands: StackCommands, timeout: float) -> dict[str, str]:
-    """Start every part in order; returns the stack.env values."""
+def _prepare_dirs(paths: StackPaths) -> None:
+    """State dirs, and last run's logs moved aside: a stale ``ready.`` line must not count."""
     for directory in (paths.dev / "logs", paths.dev / "run", paths.dev / "models"):
         directory.mkdir(parents=True, exist_ok=True)
     _rotate_logs(paths)
-    redis, s3 = _start_backing(paths)
-    env = process_env(loupe_env(paths, redis, s3))
-    _run_cli(_fill(commands.migrate), env, paths.root)
-    print("database migrated")
-    user_key = _create_key(commands, env, paths.root, "demo-user", "user")
-    admin_key = _create_key(commands, env, paths.root, "demo-admin", "admin")
-    api_url = _start_app(paths, commands, env, timeout)
-    in_use = {key: value for key, value in env.items() if key.startswith("LOUPE_")}
-    return {
-        **in_use,
-        "LOUPE_API_URL": api_url,
-        "LOUPE_API_KEY": user_key,
-        "LOUPE_ADMIN_KEY": admin_key,
-    }
+
+
+def _api_url(parts: Sequence[Part]) -> str:
+    urls = [part.url for part in parts if part.name == "api" and part.url]
+    if not urls:
+        raise StackError("the stack has no api part")
+    return urls[0]
 
 
 def _shown(path: Path) -> str:
@@ -463,23 +436,20 @@ Stop: {python} -m infra.localstack.stack down{down_args}"""
     )
 
 
-def up(
-    paths: StackPaths,
-    commands: StackCommands = DEFAULT_COMMANDS,
-    timeout: float = READY_TIMEOUT_S,
-) -> int:
-    """``up``: start the stack unless it already runs (then say so); 0 when up, 1 on failure."""
+DEV_STACK = StackPlan()
+"""The dev stack: API, inference worker and light worker, a user key and an admin key."""
+
+
+def up(paths: StackPaths, plan: StackPlan = DEV_STACK, timeout: float = READY_TIMEOUT_S) -> int:
+    """``up``: start the stack unless it already runs (then say so); 0 when up, 1 on failure.
+
+    The parts are detached, their pid records in ``paths``; a failure stops them all again.
+    """
     with _locked(paths):
-        states = part_states(paths)
-        if all(state == "running" for state in states.values()) and paths.env_file.exists():
-            print("the Loupe dev stack is already up")
-            _print_summary(paths, read_env_file(paths.env_file))
+        if _already_up(paths):
             return 0
-        if any(state != "stopped" for state in states.values()):
-            print(f"found a partial stack ({states}); stopping it first")
-            stop_all(paths)
         try:
-            values = _bring_up(paths, commands, timeout)
+            values = bring_up(Launcher(paths, detached=True), plan, timeout)
         except (StackError, ServerStartError) as exc:
             print(f"\nup failed: {exc}\n(logs in {paths.dev / 'logs'})", file=sys.stderr)
             stop_all(paths, quiet=True)
@@ -490,6 +460,19 @@ def up(
         write_env_file(paths.env_file, values)
         _print_summary(paths, values)
         return 0
+
+
+def _already_up(paths: StackPaths) -> bool:
+    """True (and the summary printed) when every part runs; a partial stack is stopped."""
+    states = part_states(paths)
+    if all(state == "running" for state in states.values()) and paths.env_file.exists():
+        print("the Loupe dev stack is already up")
+        _print_summary(paths, read_env_file(paths.env_file))
+        return True
+    if any(state != "stopped" for state in states.values()):
+        print(f"found a partial stack ({states}); stopping it first")
+        stop_all(paths)
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from infra.bench import batching
+from infra.localstack.stack import StackPaths
 
 RESULT_KEYS = {
     "bench", "engine", "model", "n", "max_tokens", "concurrency", "service_rps",
@@ -59,9 +60,19 @@ def test_bench_infers_batches_from_completion_clusters() -> None:
     assert batching.infer_batches(completed, gap=0.1) == [(1, 10.0), (3, 11.35), (2, 12.95)]
 
 
-def test_bench_worker_command_sets_concurrency_and_name() -> None:
-    argv = batching.worker_command(7)
+def test_bench_plan_runs_one_named_worker_at_the_benchs_concurrency(tmp_path: Path) -> None:
+    config = batching.BenchConfig(
+        model="loupe-tiny-mllama", n=8, max_tokens=4, concurrency=7, models_dir=tmp_path
+    )
+    plan = batching.bench_plan(config)
+    env = {**plan.overrides, "LOUPE_API_THREADS": "16"}
+    api, worker = plan.app_parts(StackPaths.at(tmp_path), env)
 
+    assert plan.overrides["LOUPE_DEFAULT_MODEL"] == "loupe-tiny-mllama"
+    assert plan.overrides["LOUPE_MODELS_DIR"] == str(tmp_path.resolve())
+    assert list(plan.keys) == ["LOUPE_API_KEY"]
+    assert (api.name, worker.name) == ("api", "worker")
+    argv = worker.argv
     assert argv[argv.index("--concurrency") + 1] == "7"
     assert argv[argv.index("--prefetch-multiplier") + 1] == "1"
     assert argv[argv.index("--pool") + 1] == "threads"

@@ -11,18 +11,22 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from infra.localstack import demo
+from infra.localstack.parts import Part
 from infra.localstack.servers import ServerProcess, make_s3_client, redis_ping
 from infra.localstack.stack import (
     PARTS,
-    StackCommands,
     StackPaths,
+    StackPlan,
     down,
+    local_app_parts,
     main,
     part_states,
     read_env_file,
@@ -31,6 +35,7 @@ from infra.localstack.stack import (
     write_env_file,
 )
 
+PYTHON = sys.executable
 _CHECK_ENV = (
     "import os, sys; "
     "assert os.environ['LOUPE_S3_BUCKET'] == 'loupe-images', os.environ; "
@@ -42,22 +47,31 @@ _CHECK_WEBHOOK_ENV = (
     "assert os.environ['LOUPE_WEBHOOK_ALLOW_HTTP'] == 'true'; "
     "assert os.environ['LOUPE_WEBHOOK_ALLOWED_NETWORKS'] == '127.0.0.0/8,::1/128'; "
 )
+_WORKER = "import time; print('loupe-local@test ready.', flush=True); time.sleep(600)"
+_WEBHOOKS = "import time; print('loupe-webhooks@test ready.', flush=True); time.sleep(600)"
 
 
-def _fake_commands(tmp_path: Path, *, worker_script: str | None = None) -> StackCommands:
+def fake_plan(tmp_path: Path, *, worker_script: str = _WORKER) -> StackPlan:
+    """The dev stack's plan with stand-in commands: the real parts' readiness checks and URL,
+    ``http.server`` serving a ``healthz`` file as the API, scripts that log ``ready.``."""
     www = tmp_path / "www"
     www.mkdir(exist_ok=True)
     (www / "healthz").write_text("ok")
-    worker = (
-        worker_script
-        or "import time; print('loupe-local@test ready.', flush=True); time.sleep(600)"
-    )
-    return StackCommands(
-        migrate=("{python}", "-c", _CHECK_ENV + "print('migrated')"),
-        create_key=("{python}", "-c", "import sys; print('noise'); print('key-' + sys.argv[1] + '-' + sys.argv[2])", "{name}", "{role}"),
-        api=("{python}", "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(www), "{port}"),
-        worker=("{python}", "-c", _CHECK_ENV + worker),
-        webhook_worker=("{python}", "-c", _CHECK_ENV + _CHECK_WEBHOOK_ENV + "import time; print('loupe-webhooks@test ready.', flush=True); time.sleep(600)"),
+
+    def stand_ins(paths: StackPaths, env: Mapping[str, str]) -> list[Part]:
+        api, worker, webhooks = local_app_parts(paths, env)
+        assert api.url is not None
+        port = api.url.rsplit(":", 1)[1]
+        return [
+            replace(api, argv=(PYTHON, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(www), port)),
+            replace(worker, argv=(PYTHON, "-c", _CHECK_ENV + worker_script)),
+            replace(webhooks, argv=(PYTHON, "-c", _CHECK_ENV + _CHECK_WEBHOOK_ENV + _WEBHOOKS)),
+        ]  # fmt: skip
+
+    return StackPlan(
+        app_parts=stand_ins,
+        migrate=(PYTHON, "-c", _CHECK_ENV + "print('migrated')"),
+        create_key=lambda name, role: [PYTHON, "-c", "import sys; print('noise'); print('key-' + sys.argv[1] + '-' + sys.argv[2])", name, role],
     )  # fmt: skip
 
 
@@ -82,9 +96,9 @@ def test_env_file_round_trips_awkward_values(tmp_path: Path) -> None:
 
 
 def test_up_status_down_with_stand_in_app(paths: StackPaths, tmp_path: Path, capsys) -> None:
-    commands = _fake_commands(tmp_path)
+    plan = fake_plan(tmp_path)
     try:
-        assert up(paths, commands, timeout=60) == 0
+        assert up(paths, plan, timeout=60) == 0
         env = read_env_file(paths.env_file)
         assert env["LOUPE_API_KEY"] == "key-demo-user-user"
         assert env["LOUPE_ADMIN_KEY"] == "key-demo-admin-admin"
@@ -105,7 +119,7 @@ def test_up_status_down_with_stand_in_app(paths: StackPaths, tmp_path: Path, cap
         assert part_states(paths) == dict.fromkeys(PARTS, "running")
         assert status(paths) == 0
         capsys.readouterr()
-        assert up(paths, commands, timeout=60) == 0
+        assert up(paths, plan, timeout=60) == 0
         assert "already up" in capsys.readouterr().out
         processes = _recorded_processes(paths)
         assert len(processes) == len(PARTS)
@@ -121,10 +135,10 @@ def test_up_status_down_with_stand_in_app(paths: StackPaths, tmp_path: Path, cap
 def test_up_reports_a_dying_worker_and_stops_everything(
     paths: StackPaths, tmp_path: Path, capsys
 ) -> None:
-    commands = _fake_commands(
+    plan = fake_plan(
         tmp_path, worker_script="print('ImportError: no module named vllm'); raise SystemExit(3)"
     )
-    assert up(paths, commands, timeout=60) == 1
+    assert up(paths, plan, timeout=60) == 1
     err = capsys.readouterr().err
     assert "worker exited during startup" in err
     assert "no module named vllm" in err
@@ -133,26 +147,21 @@ def test_up_reports_a_dying_worker_and_stops_everything(
 
 
 def test_up_reports_a_failing_migration(paths: StackPaths, tmp_path: Path, capsys) -> None:
-    commands = _fake_commands(tmp_path)
-    broken = StackCommands(
-        migrate=("{python}", "-c", "import sys; sys.exit('alembic: cannot reach database')"),
-        create_key=commands.create_key,
-        api=commands.api,
-        worker=commands.worker,
-    )
+    failing = (PYTHON, "-c", "import sys; sys.exit('alembic: cannot reach database')")
+    broken = replace(fake_plan(tmp_path), migrate=failing)
     assert up(paths, broken, timeout=60) == 1
     assert "cannot reach database" in capsys.readouterr().err
     assert part_states(paths) == dict.fromkeys(PARTS, "stopped")
 
 
 def test_up_replaces_a_partial_stack(paths: StackPaths, tmp_path: Path, capsys) -> None:
-    commands = _fake_commands(tmp_path)
+    plan = fake_plan(tmp_path)
     try:
-        assert up(paths, commands, timeout=60) == 0
+        assert up(paths, plan, timeout=60) == 0
         worker = next(p for p in _recorded_processes(paths) if p.log_path.name == "worker.log")
         worker.stop()
         assert part_states(paths)["worker"] == "dead"
-        assert up(paths, commands, timeout=60) == 0
+        assert up(paths, plan, timeout=60) == 0
         assert "partial stack" in capsys.readouterr().out
         assert part_states(paths) == dict.fromkeys(PARTS, "running")
     finally:
