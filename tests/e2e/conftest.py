@@ -1,22 +1,27 @@
-"""The real stack for end-to-end tests: a Celery worker subprocess (and gunicorn where needed)."""
+"""The real stack for end-to-end tests: a Celery worker subprocess (and gunicorn where needed).
+
+Every process is started from the local stack's one definition (``infra.localstack.parts``),
+attached: ``stop()`` ends it with SIGTERM (a clean shutdown), ``kill()`` with SIGKILL (a crash).
+"""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from sqlalchemy import select
 
-from infra.localstack.servers import RedisServer, S3Server, free_port
+from infra.localstack.parts import (
+    api_part,
+    inference_worker_part,
+    light_worker_part,
+    process_env,
+    start_part,
+)
+from infra.localstack.servers import RedisServer, S3Server, ServerProcess
 from services.api.app import create_app
 from services.auth.keys import Role
 from services.clock import utcnow
@@ -28,33 +33,6 @@ from tests.conftest import make_bucket
 from workers.engines.tiny_mllama import build_tiny_mllama
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-
-@dataclass
-class Proc:
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-
-def spawn(argv: list[str], env: dict[str, str], log: Path) -> Proc:
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    return Proc(process, log)
 
 
 def make_env(
@@ -103,17 +81,6 @@ def ledger_rows(container: Container, job_id: str) -> list[Any]:
         return list(conn.execute(query).mappings().all())
 
 
-def process_env(env: dict[str, str]) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if not k.startswith("LOUPE_")}
-    extra = {
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": str(REPO),
-        "OTEL_SDK_DISABLED": "true",
-        "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; vLLM's CPU default (4) slows start-up
-    }
-    return keep | env | extra
-
-
 def start_worker(
     env: dict[str, str],
     log: Path,
@@ -121,58 +88,27 @@ def start_worker(
     *,
     app: str = "workers.celery_app",
     queues: str = "inference",
-) -> Proc:
-    argv = [
-        str(BIN / "celery"), "-A", app, "worker", "-Q", queues,
-        "--pool", "threads", "--concurrency", env["LOUPE_WORKER_CONCURRENCY"],
-        "--prefetch-multiplier", "1", "--without-gossip", "--without-mingle",
-        "--loglevel", "INFO", "-n", f"{name}@%h",
-    ]  # fmt: skip
-    return _wait_ready(spawn(argv, process_env(env), log), "worker", timeout=240)
+) -> ServerProcess:
+    """An inference worker named ``name`` on ``queues``, running Celery app ``app``; once ready."""
+    part = inference_worker_part(env, node=name, queues=queues, app=app)
+    return start_part(part, _isolated(env), log, timeout=240)
 
 
-def _wait_ready(proc: Proc, what: str, timeout: float) -> Proc:
-    """Wait for a Celery worker's "ready." line; stop it and raise if it dies or never gets there."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if " ready." in proc.log_text():
-            return proc
-        if proc.process.poll() is not None:
-            proc.stop()
-            raise RuntimeError(f"{what} exited early:\n{proc.log_text()[-4000:]}")
-        time.sleep(0.2)
-    proc.stop(signal.SIGKILL)
-    raise RuntimeError(f"{what} did not start:\n{proc.log_text()[-4000:]}")
-
-
-def start_api(env: dict[str, str], log: Path, *, workers: int = 2) -> tuple[Proc, str]:
+def start_api(env: dict[str, str], log: Path, *, workers: int = 2) -> tuple[ServerProcess, str]:
     """gunicorn gthread with ``LOUPE_API_THREADS`` threads per worker (the app sizes its
-    waiter cap from the same variable)."""
-    port = free_port()
-    argv = [
-        str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-        "--worker-class", "gthread", "--threads", env.get("LOUPE_API_THREADS", "32"),
-        "services.api.wsgi:app",
-    ]  # fmt: skip
-    proc = spawn(argv, process_env(env), log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url + "/healthz", timeout=5).status_code == 200:
-                return proc, url
-        except requests.RequestException:
-            pass  # not listening yet, or slow on a loaded machine
-        if proc.process.poll() is not None:
-            proc.stop()
-            raise RuntimeError(f"api exited early:\n{proc.log_text()[-4000:]}")
-        time.sleep(0.2)
-    proc.stop(signal.SIGKILL)
-    raise RuntimeError(f"api did not start:\n{proc.log_text()[-4000:]}")
+    waiter cap from the same variable); (the process, its base URL) once ``/healthz`` is 200."""
+    part = api_part(env, workers=workers)
+    assert part.url is not None
+    return start_part(part, _isolated(env), log, timeout=60), part.url
+
+
+def _isolated(env: dict[str, str]) -> dict[str, str]:
+    """``env`` as a process's whole Loupe configuration: the shell's LOUPE_* do not leak in."""
+    return process_env(env, inherit_loupe=False)
 
 
 @pytest.fixture(scope="session")
-def worker(e2e_env: dict[str, str], tmp_path_factory: Any) -> Iterator[Proc]:
+def worker(e2e_env: dict[str, str], tmp_path_factory: Any) -> Iterator[ServerProcess]:
     proc = start_worker(e2e_env, tmp_path_factory.mktemp("logs") / "worker.log", "e2e")
     yield proc
     proc.stop()
@@ -200,14 +136,10 @@ def e2e_key(e2e_container: Container) -> str:
     return e2e_container.keys.create("e2e", Role.USER, utcnow())[1]
 
 
-def start_webhook_worker(env: dict[str, str], log: Path, name: str) -> Proc:
-    """A Celery worker on the ``webhooks`` queue only (threads pool, no model loaded)."""
-    argv = [
-        str(BIN / "celery"), "-A", "workers.celery_app", "worker", "-Q", "webhooks",
-        "--pool", "threads", "--concurrency", env.get("LOUPE_WEBHOOK_CONCURRENCY", "8"),
-        "--without-gossip", "--without-mingle", "--loglevel", "INFO", "-n", f"{name}@%h",
-    ]  # fmt: skip
-    return _wait_ready(spawn(argv, process_env(env), log), "webhook worker", timeout=120)
+def start_webhook_worker(env: dict[str, str], log: Path, name: str) -> ServerProcess:
+    """A Celery worker on the ``webhooks`` queue only (threads pool, no model loaded, no beat)."""
+    part = light_worker_part(env, node=name, queues="webhooks")
+    return start_part(part, _isolated(env), log, timeout=120)
 
 
 # --- admin monitoring (tests/e2e/test_admin_*): its own Redis database, API, no worker at first.

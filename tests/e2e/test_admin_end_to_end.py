@@ -7,7 +7,6 @@ within its heartbeat TTL.
 
 from __future__ import annotations
 
-import signal
 import time
 from typing import Any
 
@@ -95,7 +94,7 @@ def test_e2e_admin_depth_age_drain_and_worker_heartbeats(
             lambda: admin_view(admin_api, admin)["workers"]["items"], 60, "the worker's heartbeat"
         )
         (item,) = listed
-        assert item["pid"] == worker.process.pid
+        assert item["pid"] == worker.pid
         assert item["slots"] == int(admin_env["LOUPE_WORKER_CONCURRENCY"])
         assert item["queues"] == ["inference"]
         assert (item["engine"], item["model"]) == ("transformers", "loupe-tiny-mllama")
@@ -123,7 +122,7 @@ def test_e2e_admin_depth_age_drain_and_worker_heartbeats(
         assert samples[("loupe_workers_online", ())] == 1
 
         # kill -9: no clean shutdown, so only the heartbeat's TTL removes the worker.
-        worker.stop(signal.SIGKILL)
+        worker.kill()
         killed_at = time.monotonic()
         wait_until(
             lambda: admin_view(admin_api, admin)["workers"]["online"] == 0,
@@ -138,4 +137,4 @@ def test_e2e_admin_depth_age_drain_and_worker_heartbeats(
         assert gone_after <= ADMIN_HEARTBEAT_TTL_SECONDS + 2
         assert scrape(admin_api)[("loupe_workers_online", ())] == 0
     finally:
-        worker.stop(signal.SIGKILL)
+        worker.kill()

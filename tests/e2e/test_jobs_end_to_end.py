@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import signal
 import time
 from typing import Any
 
@@ -127,7 +126,7 @@ def test_e2e_job_survives_api_restart(worker, e2e_env, e2e_key, tmp_path):
         assert response.status_code == 202, response.text
         location = response.headers["Location"]
     finally:
-        api.stop(signal.SIGKILL)
+        api.kill()
     api, url = start_api(e2e_env, tmp_path / "api2.log")
     try:
         body = wait_for(

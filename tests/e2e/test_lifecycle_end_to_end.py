@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
+from infra.localstack.servers import ServerProcess
 from services.api.app import create_app
 from services.auth.keys import Role
 from services.clock import utcnow
 from services.container import Container, build_container
 from services.settings import load_settings
 from tests.conftest import auth
-from tests.e2e.conftest import Proc, make_env, start_worker
+from tests.e2e.conftest import make_env, start_worker
 from tests.helpers import chat_body, make_image
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +29,7 @@ class OneSlot:
     client: Any
     key: str
     container: Container
-    worker: Proc
+    worker: ServerProcess
 
     def submit(self, **body: Any) -> str:
         image = body.pop("image", None) or make_image(40, 40)

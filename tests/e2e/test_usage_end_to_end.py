@@ -97,8 +97,8 @@ def test_e2e_worker_killed_after_the_model_before_the_ack_bills_once(
         )
         assert response.status_code == 202, response.json
         job_id = response.json["id"]
-        wait_until(lambda: crashing.process.poll() is not None, 120, "the SIGKILL", 0.2)
-        assert crashing.process.returncode == -signal.SIGKILL
+        wait_until(lambda: not crashing.alive(), 120, "the SIGKILL", 0.2)
+        assert crashing.returncode == -signal.SIGKILL
         assert "SIGKILL before ack" in crashing.log_text()
         body = client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json
         assert body["status"] == "succeeded", body

@@ -20,20 +20,20 @@ import openai
 import pytest
 import requests
 
-from infra.localstack.servers import RedisServer, S3Server
+from infra.localstack.servers import RedisServer, S3Server, ServerProcess
 from services.auth.keys import Role
 from services.clock import utcnow
 from services.container import build_container
 from services.settings import load_settings
 from tests.conftest import auth
-from tests.e2e.conftest import Proc, make_env, start_api
+from tests.e2e.conftest import make_env, start_api
 from tests.helpers import chat_body, data_url, make_image
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def api_url(worker: Proc, e2e_env: dict[str, str], tmp_path_factory: Any) -> Iterator[str]:
+def api_url(worker: ServerProcess, e2e_env: dict[str, str], tmp_path_factory: Any) -> Iterator[str]:
     api, url = start_api(e2e_env, tmp_path_factory.mktemp("api") / "api.log")
     yield url
     api.stop()

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from infra.localstack.parts import ENGINE_DEFAULTS, QUIET_ENV
 from workers.engines.tiny_vlm import build_tiny_vlm
 from workers.engines.vllm_engine import VllmEngine  # imports vllm lazily: safe without it
 
@@ -54,14 +55,9 @@ def tiny_vlm_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_vlm(tmp_path_factory.mktemp("models") / "tiny-vlm")
 
 
-#: What vLLM reads from the environment when an engine starts (its processes inherit it): a
+#: The environment a worker of the local stack gives its engine (its processes inherit it): a
 #: 1 GiB KV cache (the 4 GiB default only slows the start), no OpenTelemetry, no usage stats.
-ENGINE_ENVIRONMENT = {
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "OTEL_SDK_DISABLED": "true",
-    "VLLM_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1",
-}
+ENGINE_ENVIRONMENT = {**ENGINE_DEFAULTS, **QUIET_ENV}
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
+from infra.localstack.servers import ServerProcess
 from services.api.app import create_app
 from services.auth.keys import Role
 from services.clock import utcnow
 from services.container import Container, build_container
 from services.settings import load_settings
 from tests.conftest import auth
-from tests.e2e.conftest import Proc, make_env, start_worker
+from tests.e2e.conftest import make_env, start_worker
 from tests.helpers import chat_body, make_image
 from workers.engines.vllm_engine import vllm_import_error
 
@@ -29,7 +30,7 @@ MODEL = "loupe-tiny-vlm"
 @pytest.fixture(scope="module")
 def stack(
     redis_server: Any, s3_server: Any, models_dir: Any, tmp_path_factory: Any
-) -> Iterator[tuple[Proc, Container]]:
+) -> Iterator[tuple[ServerProcess, Container]]:
     workdir = tmp_path_factory.mktemp("vllm-e2e")
     env = make_env(redis_server, s3_server, models_dir, workdir, redis_db=3)
     env |= {"LOUPE_DEFAULT_MODEL": MODEL, "LOUPE_WORKER_CONCURRENCY": "8"}
@@ -50,7 +51,7 @@ def _finish(client: Any, key: str, job_id: str) -> dict[str, Any]:
     raise AssertionError(f"job {job_id} did not finish")
 
 
-def test_vllm_jobs_end_to_end(stack: tuple[Proc, Container]) -> None:
+def test_vllm_jobs_end_to_end(stack: tuple[ServerProcess, Container]) -> None:
     worker, container = stack
     client = create_app(container=container).test_client()
     key = container.keys.create("v", Role.USER, utcnow())[1]
@@ -76,7 +77,7 @@ def test_vllm_jobs_end_to_end(stack: tuple[Proc, Container]) -> None:
     assert "vllm" in worker.log_text().lower()
 
 
-def test_vllm_structured_output_job(stack: tuple[Proc, Container]) -> None:
+def test_vllm_structured_output_job(stack: tuple[ServerProcess, Container]) -> None:
     _, container = stack
     client = create_app(container=container).test_client()
     key = container.keys.create("s", Role.USER, utcnow())[1]
