@@ -18,6 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import create_engine, text
 
 from infra.localstack.servers import RedisServer, S3Server, start_redis, start_seaweed
+from infra.models import build_local_models
 from services.api.app import create_app
 from services.auth.keys import Role
 from services.clock import utcnow
@@ -50,7 +51,17 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
+    """LOUPE_MODELS_DIR for the session, holding the tiny model test workers load (built once,
+    a few seconds): workers never build models, whoever starts them does."""
+    path = tmp_path_factory.mktemp("models")
+    build_local_models(path, ["tiny-mllama"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_mllama_path(models_dir: Path) -> Path:
+    """The tiny random Llama 3.2 Vision (``loupe-tiny-mllama``'s weights)."""
+    return models_dir / "tiny-mllama"
 
 
 _TEST_BUCKETS: list[tuple[S3Server, str]] = []

@@ -56,6 +56,8 @@ from infra.localstack.servers import (
     start_redis,
     start_seaweed,
 )
+from infra.models import build_models_for
+from services.settings import load_settings
 
 PARTS = ("redis", "seaweed", "api", "worker", "webhooks")
 """The dev stack's parts in start order; ``down`` stops them in reverse."""
@@ -387,6 +389,8 @@ def bring_up(launcher: Launcher, plan: StackPlan, timeout: float) -> dict[str, s
         variable: create_key(plan.create_key(name, role), env, paths.root)
         for variable, (name, role) in plan.keys.items()
     }
+    settings = load_settings(env)
+    build_models_for(settings, [settings.default_model])  # workers load it as they start
     parts = plan.app_parts(paths, env)
     launcher.apps(parts, env, timeout)
     in_use = {key: value for key, value in env.items() if key.startswith("LOUPE_")}

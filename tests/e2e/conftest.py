@@ -22,6 +22,7 @@ from infra.localstack.parts import (
     start_part,
 )
 from infra.localstack.servers import RedisServer, S3Server, ServerProcess
+from infra.models import build_local_models
 from services.api.app import create_app
 from services.auth.keys import Role
 from services.clock import utcnow
@@ -30,7 +31,6 @@ from services.db import upgrade_to_head
 from services.db.schema import usage_ledger
 from services.settings import Settings, load_settings
 from tests.conftest import make_bucket
-from workers.engines.tiny_mllama import build_tiny_mllama
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,7 +39,7 @@ def make_env(
     redis_server: RedisServer, s3_server: S3Server, models_dir: Path, workdir: Path, redis_db: int
 ) -> dict[str, str]:
     """Settings for one isolated stack: its own SQLite file, Redis database and bucket."""
-    build_tiny_mllama(models_dir / "tiny-mllama")  # once, before any worker starts
+    build_local_models(models_dir, ["tiny-mllama"])  # before any worker starts
     env = {
         "LOUPE_DATABASE_URL": f"sqlite:///{workdir / 'loupe.db'}",
         "LOUPE_BROKER_URL": f"redis://127.0.0.1:{redis_server.port}/{redis_db}",

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from infra.localstack.parts import ENGINE_DEFAULTS, QUIET_ENV
-from workers.engines.tiny_vlm import build_tiny_vlm
+from infra.models import build_local_models
 from workers.engines.vllm_engine import VllmEngine  # imports vllm lazily: safe without it
 
 #: As a worker would run it on CPU: eager mode (no torch.compile: ~25 s to start instead of ~70),
@@ -52,7 +52,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def tiny_vlm_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Idefics3, built once per session (a few seconds)."""
-    return build_tiny_vlm(tmp_path_factory.mktemp("models") / "tiny-vlm")
+    models_dir = tmp_path_factory.mktemp("models")
+    build_local_models(models_dir, ["tiny-vlm"])
+    return models_dir / "tiny-vlm"
 
 
 #: The environment a worker of the local stack gives its engine (its processes inherit it): a

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from infra.localstack.servers import ServerProcess
+from infra.models import build_local_models
 from services.api.app import create_app
 from services.auth.keys import Role
 from services.clock import utcnow
@@ -33,6 +34,7 @@ def stack(
 ) -> Iterator[tuple[ServerProcess, Container]]:
     workdir = tmp_path_factory.mktemp("vllm-e2e")
     env = make_env(redis_server, s3_server, models_dir, workdir, redis_db=3)
+    build_local_models(models_dir, ["tiny-vlm"])  # the worker's default model below
     env |= {"LOUPE_DEFAULT_MODEL": MODEL, "LOUPE_WORKER_CONCURRENCY": "8"}
     worker = start_worker(env, workdir / "worker.log", "vllm")
     container = build_container(load_settings(env))

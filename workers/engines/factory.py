@@ -3,46 +3,49 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
-from services.catalog.registry import BENCH_VLLM_MODEL, TINY_MODEL, TINY_VLLM_MODEL, ModelSpec
+from services.catalog.registry import ModelSpec
 from services.errors import ConfigurationError
 from services.settings import Settings
 from workers.engines.base import Engine
 
 
 def load_engine(spec: ModelSpec, settings: Settings) -> Engine:
-    """Build the engine a model's registry entry names."""
+    """Build the engine a model's catalog entry names (``spec.engine``), on its weights.
+
+    A worker never builds a model: whoever starts it puts the weights in place. ConfigurationError
+    when the vllm engine cannot be imported here or does not serve the architecture, or when the
+    engine is unknown.
+    """
     if spec.engine == "transformers":
-        from workers.engines.transformers_engine import TransformersEngine  # heavy: torch
-
-        if spec.name == TINY_MODEL:
-            from workers.engines.tiny_mllama import build_tiny_mllama
-
-            build_tiny_mllama(Path(spec.weights_path))
-        return TransformersEngine(
-            spec.weights_path,
-            device=settings.engine_device,
-            max_context=spec.context_length,
-            max_batch_size=spec.engine_args.max_num_seqs,
-        )
+        return _transformers_engine(spec, settings)
     if spec.engine == "vllm":
-        from workers.engines.vllm_engine import VllmEngine, check_model_support, vllm_import_error
-
-        missing = vllm_import_error()
-        if missing is not None:
-            raise ConfigurationError(
-                f"model {spec.name} needs the vllm engine, but vllm cannot be imported here "
-                f"({missing}); run this model on a vLLM worker image (infra/docker/)"
-            )
-        check_model_support(spec.architecture)
-        if spec.name in (TINY_VLLM_MODEL, BENCH_VLLM_MODEL):
-            from workers.engines.tiny_vlm import build_tiny_vlm
-
-            size = "bench" if spec.name == BENCH_VLLM_MODEL else "tiny"
-            build_tiny_vlm(Path(spec.weights_path), size)
-        return VllmEngine(spec.weights_path, engine_args=spec.engine_args.to_vllm())
+        return _vllm_engine(spec)
     raise ConfigurationError(f"model {spec.name}: unknown engine {spec.engine!r}")
+
+
+def _transformers_engine(spec: ModelSpec, settings: Settings) -> Engine:
+    from workers.engines.transformers_engine import TransformersEngine  # heavy: torch
+
+    return TransformersEngine(
+        spec.weights_path,
+        device=settings.engine_device,
+        max_context=spec.context_length,
+        max_batch_size=spec.engine_args.max_num_seqs,
+    )
+
+
+def _vllm_engine(spec: ModelSpec) -> Engine:
+    from workers.engines.vllm_engine import VllmEngine, check_model_support, vllm_import_error
+
+    missing = vllm_import_error()
+    if missing is not None:
+        raise ConfigurationError(
+            f"model {spec.name} needs the vllm engine, but vllm cannot be imported here "
+            f"({missing}); run this model on a vLLM worker image (infra/docker/)"
+        )
+    check_model_support(spec.architecture)
+    return VllmEngine(spec.weights_path, engine_args=spec.engine_args.to_vllm())
 
 
 class EnginePool:

@@ -1,4 +1,4 @@
-"""Fixtures for the engine tests: the tiny random Llama 3.2 Vision and a transformers engine on it."""
+"""Fixtures for the engine tests: a transformers engine on the tiny random Llama 3.2 Vision."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from workers.engines.tiny_mllama import build_tiny_mllama
 from workers.engines.transformers_engine import TransformersEngine
 
 
@@ -24,12 +23,6 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="session")
-def tiny_mllama_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model, built once per test session (a few seconds)."""
-    return build_tiny_mllama(tmp_path_factory.mktemp("models") / "tiny-mllama")
 
 
 @pytest.fixture(scope="session")

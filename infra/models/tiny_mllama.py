@@ -24,26 +24,15 @@ The text the model produces is noise; token counts, batching and timing are real
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import os
-import shutil
-import tempfile
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from infra.models import building
+from infra.models.building import Stamp, TokenizerSpec, read_json, token_id, write_json
 
-#: Written last into a finished build; its presence (with ``config.json``) means "complete".
-COMPLETION_MARKER = ".tiny-mllama-complete"
-#: Bumped whenever the built files change shape, so stale builds are not mistaken for current ones.
-BUILD_VERSION = "1"
-SEED = 0
-_BUILD_LOCK = threading.Lock()
+#: Written last into a finished build; bumped whenever the built files change shape.
+STAMP = Stamp(marker=".tiny-mllama-complete", version="1")
+COMPLETION_MARKER = STAMP.marker
 
 BOS = "<|begin_of_text|>"
 END_OF_TEXT = "<|end_of_text|>"
@@ -69,14 +58,6 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     IMAGE,
 )
 
-#: Llama 3's pre-tokenizer split pattern.
-LLAMA3_SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
-BPE_VOCAB_TARGET = 512
-
 CORPUS: tuple[str, ...] = (
     "Describe the image in one sentence.",
     "What is in this picture? Answer briefly.",
@@ -95,6 +76,15 @@ CORPUS: tuple[str, ...] = (
     "Is there any text in the image? If so, transcribe it exactly.",
     "Count the objects on the table and list their colours.",
     "You are a helpful assistant. Look carefully and answer the user's question.",
+)
+
+TOKENIZER = TokenizerSpec(
+    corpus=CORPUS,
+    special_tokens=SPECIAL_TOKENS,
+    bos=BOS,
+    eos=EOT,
+    pad=PAD,
+    model_max_length=131072,
 )
 
 # The Llama 3.2 Vision Instruct chat template without the tool-calling branches: same header/eot
@@ -193,143 +183,28 @@ MAX_NUM_TILES = 4
 
 
 def is_complete(path: Path) -> bool:
-    """True when ``path`` holds a finished build of the current :data:`BUILD_VERSION`."""
-    marker = path / COMPLETION_MARKER
-    if not (path / "config.json").is_file() or not marker.is_file():
-        return False
-    return marker.read_text(encoding="utf-8").strip() == BUILD_VERSION
+    """True when ``path`` holds a finished build of the current :data:`STAMP`."""
+    return building.is_complete(path, STAMP)
 
 
 def build_tiny_mllama(path: Path) -> Path:
-    """Build the tiny model into ``path`` (idempotently, safe for concurrent builders); return it.
+    """Build the tiny model into ``path``, or find it there; return it.
 
-    If ``path`` already holds a complete build, return at once. Otherwise build into a temporary
-    directory beside ``path`` and rename it into place atomically, so a reader never sees a
-    half-written model and two concurrent builders cannot corrupt each other (the loser discards
-    its copy).
-    ``path`` may exist as an empty directory (e.g. made by ``tmp_path_factory``); a non-empty,
-    incomplete ``path`` raises ``FileExistsError`` rather than being silently overwritten.
-    The build is deterministic: same files (and the same weights) every time, in any process.
+    Idempotent and safe for concurrent builders (:func:`infra.models.building.build_once`): a
+    non-empty, incomplete ``path`` raises ``FileExistsError``. Deterministic: the same files and
+    weights every time, in any process.
     """
-    path = Path(path)
-    if is_complete(path):
-        return path
-    # Weight init draws from torch's process-global RNG: builders in threads of one process take
-    # turns, or their draws interleave and the weights stop being deterministic.
-    with _BUILD_LOCK:
-        if is_complete(path):
-            return path
-        _build_and_install(path)
-    return path
-
-
-def _build_and_install(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.building-", dir=path.parent))
-    try:
-        _write_model_dir(staging)
-        (staging / COMPLETION_MARKER).write_text(BUILD_VERSION + "\n", encoding="utf-8")
-        _make_readable(staging)
-        _install(staging, path)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _make_readable(directory: Path) -> None:
-    """``mkdtemp`` makes the directory 0700 and the weights file is 0600: open them for readers."""
-    directory.chmod(0o755)
-    for child in directory.iterdir():
-        child.chmod(0o644)
-
-
-def _install(staging: Path, path: Path) -> None:
-    """Atomically move a finished ``staging`` build to ``path`` (which may be absent or empty)."""
-    try:
-        os.rename(staging, path)
-    except OSError as exc:
-        if is_complete(path):  # a concurrent builder got there first: its build is as good as ours
-            return
-        raise FileExistsError(
-            f"{path} exists and is not a complete tiny Mllama build; remove it and build again"
-        ) from exc
+    return building.build_once(path, STAMP, _write_model_dir)
 
 
 def _write_model_dir(out: Path) -> None:
     """Write tokenizer, processor and model files into the (empty) directory ``out``."""
-    from transformers.utils import logging as hf_logging
-
-    tokenizer = _build_tokenizer()
-    with _progress_bars_disabled(hf_logging):
+    tokenizer = building.train_tokenizer(TOKENIZER)
+    with building.quiet_transformers():
         _save_model(out, tokenizer)
     processor = _build_processor(tokenizer)
     processor.save_pretrained(str(out))
     _patch_for_transformers_4(out)
-
-
-@contextmanager
-def _progress_bars_disabled(hf_logging: Any) -> Iterator[None]:
-    """Silence transformers' "Writing model shards" bar for the duration of the block."""
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def _build_tokenizer() -> Any:
-    """Train a byte-level BPE on :data:`CORPUS`, as a fast tokenizer with the Llama 3 specials."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(LLAMA3_SPLIT_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=BPE_VOCAB_TARGET,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=[],
-        show_progress=False,
-    )
-    bpe.train_from_iterator(CORPUS, trainer)
-    bpe.add_special_tokens(list(SPECIAL_TOKENS))
-    bos_id = bpe.token_to_id(BOS)
-    # Like the real Llama 3 tokenizer: BOS is added by the post-processor (chat prompts already
-    # contain it, so callers tokenize them with add_special_tokens=False).
-    bpe.post_processor = processors.Sequence(
-        [
-            processors.ByteLevel(trim_offsets=False),
-            processors.TemplateProcessing(
-                single=f"{BOS} $A",
-                pair=f"{BOS} $A {BOS} $B",
-                special_tokens=[(BOS, bos_id)],
-            ),
-        ]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token=BOS,
-        eos_token=EOT,
-        pad_token=PAD,
-        model_input_names=["input_ids", "attention_mask"],
-        # transformers 5 warns (and ignores it) when True on a BPE tokenizer.
-        clean_up_tokenization_spaces=False,
-        model_max_length=131072,
-    )
-
-
-def _token_id(tokenizer: Any, token: str) -> int:
-    token_id = tokenizer.convert_tokens_to_ids(token)
-    if not isinstance(token_id, int):
-        raise RuntimeError(f"tokenizer lacks {token}")
-    return token_id
 
 
 def _build_config(tokenizer: Any) -> Any:
@@ -340,7 +215,7 @@ def _build_config(tokenizer: Any) -> Any:
         MllamaVisionConfig,
     )
 
-    image_id = _token_id(tokenizer, IMAGE)
+    image_id = token_id(tokenizer, IMAGE)
     text = MllamaTextConfig(
         vocab_size=image_id,  # <|image|> is the last id and lies outside the LM head, as in 11B/90B
         hidden_size=128,
@@ -351,9 +226,9 @@ def _build_config(tokenizer: Any) -> Any:
         num_key_value_heads=2,
         max_position_embeddings=131072,
         rope_parameters={**ROPE_SCALING, "rope_theta": ROPE_THETA},
-        bos_token_id=_token_id(tokenizer, BOS),
-        eos_token_id=_token_id(tokenizer, END_OF_TEXT),
-        pad_token_id=_token_id(tokenizer, PAD),
+        bos_token_id=token_id(tokenizer, BOS),
+        eos_token_id=token_id(tokenizer, END_OF_TEXT),
+        pad_token_id=token_id(tokenizer, PAD),
     )
     vision = MllamaVisionConfig(
         hidden_size=VISION_HIDDEN,
@@ -375,13 +250,13 @@ def _generation_config(tokenizer: Any) -> Any:
     from transformers import GenerationConfig
 
     return GenerationConfig(
-        bos_token_id=_token_id(tokenizer, BOS),
+        bos_token_id=token_id(tokenizer, BOS),
         eos_token_id=[
-            _token_id(tokenizer, END_OF_TEXT),
-            _token_id(tokenizer, EOM),
-            _token_id(tokenizer, EOT),
+            token_id(tokenizer, END_OF_TEXT),
+            token_id(tokenizer, EOM),
+            token_id(tokenizer, EOT),
         ],
-        pad_token_id=_token_id(tokenizer, PAD),
+        pad_token_id=token_id(tokenizer, PAD),
         do_sample=True,
         temperature=0.6,
         top_p=0.9,
@@ -389,13 +264,13 @@ def _generation_config(tokenizer: Any) -> Any:
 
 
 def _save_model(out: Path, tokenizer: Any) -> None:
-    """Initialise the model from :data:`SEED` (without disturbing the caller's RNG) and save it."""
+    """Initialise the model from the shared seed (without disturbing the caller's RNG); save it."""
     import torch
     from transformers import MllamaForConditionalGeneration
 
     config = _build_config(tokenizer)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SEED)
+        torch.manual_seed(building.SEED)
         model = MllamaForConditionalGeneration(config)
     model.generation_config = _generation_config(tokenizer)
     model.eval()
@@ -419,49 +294,24 @@ def _build_processor(tokenizer: Any) -> Any:
 
 def _patch_for_transformers_4(out: Path) -> None:
     """Add the keys transformers 4.53 (and so vLLM 0.9.x) reads, which 5.x no longer writes."""
-    config = _read_json(out / "config.json")
+    config = read_json(out / "config.json")
     config["torch_dtype"] = "float32"
     text_config = config["text_config"]
     text_config["rope_theta"] = ROPE_THETA
     text_config["rope_scaling"] = dict(ROPE_SCALING)
-    _write_json(out / "config.json", config)
+    write_json(out / "config.json", config)
 
-    tokenizer_config = _read_json(out / "tokenizer_config.json")
+    tokenizer_config = read_json(out / "tokenizer_config.json")
     tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
     tokenizer_config["chat_template"] = CHAT_TEMPLATE
-    _write_json(out / "tokenizer_config.json", tokenizer_config)
+    write_json(out / "tokenizer_config.json", tokenizer_config)
 
     # 5.x nests the image processor in processor_config.json; 4.53 would pass that dict to
     # MllamaProcessor.__init__ ("Received a dict for argument image_processor"). Both versions read
     # the legacy preprocessor_config.json, so the image processor lives there alone.
-    processor_config = _read_json(out / "processor_config.json")
+    processor_config = read_json(out / "processor_config.json")
     image_processor = dict(processor_config.pop("image_processor"))
     image_processor["image_processor_type"] = "MllamaImageProcessor"
     image_processor["processor_class"] = "MllamaProcessor"
-    _write_json(out / "preprocessor_config.json", image_processor)
-    _write_json(out / "processor_config.json", processor_config)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise RuntimeError(f"{path} is not a JSON object")
-    return data
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m workers.engines.tiny_mllama PATH``: build (or find) the tiny model at PATH."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("path", type=Path, help="directory to build the model into")
-    args = parser.parse_args(argv)
-    built = build_tiny_mllama(args.path)
-    print(built)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    write_json(out / "preprocessor_config.json", image_processor)
+    write_json(out / "processor_config.json", processor_config)

@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoProcessor, MllamaForConditionalGeneration
 
-from workers.engines.tiny_mllama import (
+from infra.models.tiny_mllama import (
     CHAT_TEMPLATE,
     COMPLETION_MARKER,
     build_tiny_mllama,
     is_complete,
-    main,
 )
 
 
@@ -85,15 +84,17 @@ def test_concurrent_builders_produce_one_identical_model(
     tmp_path: Path, tiny_mllama_path: Path
 ) -> None:
     # Two processes race for the same path: both build, one rename wins, the other keeps it.
-    target = tmp_path / "model"
-    command = [sys.executable, "-m", "workers.engines.tiny_mllama", str(target)]
+    target = tmp_path / "tiny-mllama"
+    command = [sys.executable, "-m", "infra.models", "build", "--models-dir", str(tmp_path)]
+    command.append(target.name)
     root = Path(__file__).resolve().parents[3]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     builders = [subprocess.Popen(command, cwd=root, env=env) for _ in range(2)]
 
     assert [builder.wait(timeout=120) for builder in builders] == [0, 0]
     assert is_complete(target)
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no staging directories left behind
+    # No staging directories left behind.
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny-mllama"]
     # Deterministic across processes: the same weights as this session's build.
     assert (target / "model.safetensors").read_bytes() == (
         tiny_mllama_path / "model.safetensors"
@@ -118,9 +119,3 @@ def test_incomplete_directory_is_not_overwritten(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         build_tiny_mllama(target)
     assert not (target / COMPLETION_MARKER).exists()
-
-
-def test_cli_builds_into_the_given_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([str(tmp_path / "cli-model")]) == 0
-    assert capsys.readouterr().out.strip() == str(tmp_path / "cli-model")
-    assert is_complete(tmp_path / "cli-model")

@@ -27,23 +27,18 @@ token counts, batching and timing are real.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import shutil
-import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infra.models import building
+from infra.models.building import Stamp, TokenizerSpec, read_json, token_id, write_json
+
 ARCHITECTURE = "Idefics3ForConditionalGeneration"
 
-#: Written last into a finished build; its content is :data:`BUILD_VERSION`.
+#: Written last into a finished build; bumped whenever the built files change.
 COMPLETION_MARKER = ".tiny-vlm-complete"
-#: Bumped whenever the built files change, so stale builds are rebuilt rather than reused.
 BUILD_VERSION = "1"
-SEED = 0
 
 BOS = "<|begin_of_text|>"
 END_OF_TEXT = "<|end_of_text|>"
@@ -66,13 +61,6 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     GLOBAL_IMAGE,
     *TILE_TOKENS,
 )
-
-#: Llama 3's pre-tokenizer split pattern.
-LLAMA3_SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-BPE_VOCAB_TARGET = 512
 
 CORPUS: tuple[str, ...] = (
     "User: Describe the image in one sentence.",
@@ -148,140 +136,52 @@ MAX_POSITIONS = 4096
 #: varies instead of repeating one token, and does not flip between batched and serial runs.
 TEXT_INIT_RANGE = 0.2
 
+TOKENIZER = TokenizerSpec(
+    corpus=CORPUS,
+    special_tokens=SPECIAL_TOKENS,
+    bos=BOS,
+    eos=END_OF_UTTERANCE,
+    pad=PAD,
+    model_max_length=MAX_POSITIONS,
+)
 
-def _stamp(size: str) -> str:
-    return BUILD_VERSION if size == "tiny" else f"{BUILD_VERSION}-{size}"
+
+def _stamp(size: str) -> Stamp:
+    version = BUILD_VERSION if size == "tiny" else f"{BUILD_VERSION}-{size}"
+    return Stamp(marker=COMPLETION_MARKER, version=version)
 
 
 def is_complete(path: Path, size: str = "tiny") -> bool:
     """True when ``path`` holds a finished build of the current :data:`BUILD_VERSION`."""
-    marker = path / COMPLETION_MARKER
-    if not (path / "config.json").is_file() or not marker.is_file():
-        return False
-    return marker.read_text(encoding="utf-8").strip() == _stamp(size)
+    return building.is_complete(path, _stamp(size))
 
 
 def build_tiny_vlm(path: Path, size: str = "tiny") -> Path:
-    """Build the tiny Idefics3 into ``path`` (idempotent, safe for concurrent builders); return it.
+    """Build the tiny Idefics3 of ``size`` into ``path``, or find it there; return it.
 
-    If ``path`` already holds a complete build, return at once. Otherwise build into a temporary
-    directory beside ``path`` and rename it into place, so a reader never sees a half-written
-    model and concurrent builders cannot corrupt each other (the loser discards its copy).
-    ``path`` may exist as an empty directory; a non-empty, incomplete ``path`` raises
-    ``FileExistsError`` rather than being overwritten. Deterministic: same files, same weights.
+    Idempotent and safe for concurrent builders (:func:`infra.models.building.build_once`): a
+    non-empty, incomplete ``path`` raises ``FileExistsError``. Deterministic: same files, same
+    weights. An unknown ``size`` raises ``ValueError``.
     """
-    path = Path(path)
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; one of {sorted(SIZES)}")
-    if is_complete(path, size):
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.building-", dir=path.parent))
-    try:
-        _write_model_dir(staging, SIZES[size])
-        (staging / COMPLETION_MARKER).write_text(_stamp(size) + "\n", encoding="utf-8")
-        _make_readable(staging)
-        _install(staging, path)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return path
-
-
-def _make_readable(directory: Path) -> None:
-    """``mkdtemp`` makes the directory 0700 (and some files 0600): open them for readers."""
-    directory.chmod(0o755)
-    for child in directory.iterdir():
-        child.chmod(0o644)
-
-
-def _install(staging: Path, path: Path) -> None:
-    """Atomically move a finished ``staging`` build to ``path`` (which may be absent or empty)."""
-    try:
-        os.rename(staging, path)
-    except OSError as exc:
-        if is_complete(path):  # a concurrent builder got there first: its build is as good
-            return
-        raise FileExistsError(
-            f"{path} exists and is not a complete tiny VLM build; remove it and build again"
-        ) from exc
+    return building.build_once(path, _stamp(size), lambda out: _write_model_dir(out, SIZES[size]))
 
 
 def _write_model_dir(out: Path, size: TextSize) -> None:
     """Write tokenizer, processor, model and generation config into the empty directory ``out``."""
-    from transformers.utils import logging as hf_logging
-
-    tokenizer = _build_tokenizer()
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    # save_pretrained instantiates a default Idefics3Config to diff against, whose default Llama
-    # text config logs a bogus "pad_token_id ... 128002" warning: not about our config.
-    hf_logging.set_verbosity_error()
-    try:
+    tokenizer = building.train_tokenizer(TOKENIZER)
+    with building.quiet_transformers():
         _save_model(out, tokenizer, size)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if was_enabled:
-            hf_logging.enable_progress_bar()
     _build_processor(tokenizer).save_pretrained(str(out))
     _pin_file_contents(out)
-
-
-def _build_tokenizer() -> Any:
-    """Train a byte-level BPE on :data:`CORPUS`; a fast tokenizer that adds BOS like Llama 3."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(LLAMA3_SPLIT_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=BPE_VOCAB_TARGET,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=[],
-        show_progress=False,
-    )
-    bpe.train_from_iterator(CORPUS, trainer)
-    bpe.add_special_tokens(list(SPECIAL_TOKENS))
-    bpe.post_processor = processors.Sequence(
-        [
-            processors.ByteLevel(trim_offsets=False),
-            processors.TemplateProcessing(
-                single=f"{BOS} $A",
-                pair=f"{BOS} $A {BOS} $B",
-                special_tokens=[(BOS, bpe.token_to_id(BOS))],
-            ),
-        ]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token=BOS,
-        eos_token=END_OF_UTTERANCE,
-        pad_token=PAD,
-        model_input_names=["input_ids", "attention_mask"],
-        clean_up_tokenization_spaces=False,
-        model_max_length=MAX_POSITIONS,
-    )
-
-
-def _token_id(tokenizer: Any, token: str) -> int:
-    token_id = tokenizer.convert_tokens_to_ids(token)
-    if not isinstance(token_id, int) or token_id == tokenizer.unk_token_id:
-        raise RuntimeError(f"tokenizer lacks {token}")
-    return token_id
 
 
 def _build_config(tokenizer: Any, size: TextSize) -> Any:
     from transformers import Idefics3Config, LlamaConfig
     from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
 
-    pad_id = _token_id(tokenizer, PAD)
+    pad_id = token_id(tokenizer, PAD)
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=size.hidden,
@@ -293,8 +193,8 @@ def _build_config(tokenizer: Any, size: TextSize) -> Any:
         max_position_embeddings=MAX_POSITIONS,
         rms_norm_eps=1e-5,
         initializer_range=TEXT_INIT_RANGE,
-        bos_token_id=_token_id(tokenizer, BOS),
-        eos_token_id=_token_id(tokenizer, END_OF_UTTERANCE),
+        bos_token_id=token_id(tokenizer, BOS),
+        eos_token_id=token_id(tokenizer, END_OF_UTTERANCE),
         pad_token_id=pad_id,
         tie_word_embeddings=False,
     )
@@ -309,7 +209,7 @@ def _build_config(tokenizer: Any, size: TextSize) -> Any:
     return Idefics3Config(
         vision_config=vision,
         text_config=text,
-        image_token_id=_token_id(tokenizer, IMAGE),
+        image_token_id=token_id(tokenizer, IMAGE),
         scale_factor=SCALE_FACTOR,
         pad_token_id=pad_id,
         tie_word_embeddings=False,
@@ -321,20 +221,20 @@ def _generation_config(tokenizer: Any) -> Any:
     from transformers import GenerationConfig
 
     return GenerationConfig(
-        bos_token_id=_token_id(tokenizer, BOS),
-        eos_token_id=[_token_id(tokenizer, END_OF_UTTERANCE), _token_id(tokenizer, END_OF_TEXT)],
-        pad_token_id=_token_id(tokenizer, PAD),
+        bos_token_id=token_id(tokenizer, BOS),
+        eos_token_id=[token_id(tokenizer, END_OF_UTTERANCE), token_id(tokenizer, END_OF_TEXT)],
+        pad_token_id=token_id(tokenizer, PAD),
     )
 
 
 def _save_model(out: Path, tokenizer: Any, size: TextSize) -> None:
-    """Initialise the model from :data:`SEED` (without disturbing the caller's RNG) and save it."""
+    """Initialise the model from the shared seed (without disturbing the caller's RNG); save it."""
     import torch
     from transformers import Idefics3ForConditionalGeneration
 
     config = _build_config(tokenizer, size)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SEED)
+        torch.manual_seed(building.SEED)
         model = Idefics3ForConditionalGeneration(config)
     model.generation_config = _generation_config(tokenizer)
     model.eval()
@@ -366,23 +266,6 @@ def _build_processor(tokenizer: Any) -> Any:
 
 def _pin_file_contents(out: Path) -> None:
     """Keep the chat template in tokenizer_config.json too (AutoTokenizer users read it there)."""
-    tokenizer_config_path = out / "tokenizer_config.json"
-    tokenizer_config = json.loads(tokenizer_config_path.read_text(encoding="utf-8"))
+    tokenizer_config = read_json(out / "tokenizer_config.json")
     tokenizer_config["chat_template"] = CHAT_TEMPLATE
-    tokenizer_config_path.write_text(
-        json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m workers.engines.tiny_vlm PATH``: build (or find) the tiny model at PATH."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("path", type=Path, help="directory to build the model into")
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    args = parser.parse_args(argv)
-    print(build_tiny_vlm(args.path, args.size))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    write_json(out / "tokenizer_config.json", tokenizer_config)
