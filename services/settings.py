@@ -43,8 +43,8 @@ class Settings:
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     models_dir: Path = Path(".dev/models")
-    llama_11b_path: str = "meta-llama/Llama-3.2-11B-Vision-Instruct"
-    llama_90b_path: str = "meta-llama/Llama-3.2-90B-Vision-Instruct"
+    # A TOML file merged into the shipped model catalog (services/catalog/loader.py).
+    models_file: Path | None = None
     served_models: tuple[str, ...] = ()
     default_model: str = "loupe-tiny-mllama"
     max_image_bytes: int = 20 * 1024 * 1024
@@ -55,7 +55,6 @@ class Settings:
     max_job_timeout_seconds: int = 3600
     visibility_timeout_seconds: int = 7200
     worker_concurrency: int | None = None
-    tensor_parallel_size: int = 8
     cancel_poll_ms: int = 250
     inference_queue: str = "inference"
     # (model, queue) pairs: a model's jobs go to its own Celery queue, so GPU pools that serve
@@ -134,6 +133,11 @@ def _str(env: Mapping[str, str], name: str, default: str) -> str:
 def _opt(env: Mapping[str, str], name: str) -> str | None:
     raw = env.get(_PREFIX + name)
     return None if raw is None or raw == "" else raw
+
+
+def _opt_path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = _opt(env, name)
+    return None if raw is None else Path(raw)
 
 
 def _list(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -255,6 +259,21 @@ def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(networks)
 
 
+# Settings that described one model, before the model catalog held weights and engine args. A
+# deployment that still sets one is refused rather than silently given the catalog's value.
+_REMOVED = ("LLAMA_11B_PATH", "LLAMA_90B_PATH", "TENSOR_PARALLEL_SIZE")
+
+
+def _refuse_removed(env: Mapping[str, str]) -> None:
+    for name in _REMOVED:
+        if env.get(_PREFIX + name):
+            raise ConfigurationError(
+                f"{_PREFIX}{name} was removed: a model's weights (path or hub_id) and engine "
+                f"args live in the model catalog; set them in {_PREFIX}MODELS_FILE "
+                "(README, Models)"
+            )
+
+
 def default_max_waiters(api_threads: int) -> int:
     """Waiters one API process may hold: its threads minus a reserve (a quarter, at least 2)
     kept free for plain requests, so long-polls never starve the API."""
@@ -280,6 +299,7 @@ def _waiting_settings(env: Mapping[str, str], defaults: Settings) -> dict[str, A
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``LOUPE_*`` variables (``os.environ`` when not given)."""
     env = os.environ if environ is None else environ
+    _refuse_removed(env)
     defaults = Settings()
     settings = Settings(
         database_url=_str(env, "DATABASE_URL", defaults.database_url),
@@ -290,8 +310,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         s3_access_key_id=_opt(env, "S3_ACCESS_KEY_ID"),
         s3_secret_access_key=_opt(env, "S3_SECRET_ACCESS_KEY"),
         models_dir=Path(_str(env, "MODELS_DIR", str(defaults.models_dir))),
-        llama_11b_path=_str(env, "LLAMA_11B_PATH", defaults.llama_11b_path),
-        llama_90b_path=_str(env, "LLAMA_90B_PATH", defaults.llama_90b_path),
+        models_file=_opt_path(env, "MODELS_FILE"),
         served_models=_list(env, "SERVED_MODELS", defaults.served_models),
         default_model=_str(env, "DEFAULT_MODEL", defaults.default_model),
         max_image_bytes=_int(env, "MAX_IMAGE_BYTES", defaults.max_image_bytes, 1),
@@ -308,7 +327,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             env, "VISIBILITY_TIMEOUT_SECONDS", defaults.visibility_timeout_seconds, 1
         ),
         worker_concurrency=_opt_int(env, "WORKER_CONCURRENCY", 1),
-        tensor_parallel_size=_int(env, "TENSOR_PARALLEL_SIZE", defaults.tensor_parallel_size, 1),
         cancel_poll_ms=_int(env, "CANCEL_POLL_MS", defaults.cancel_poll_ms, 10),
         inference_queue=_str(env, "INFERENCE_QUEUE", defaults.inference_queue),
         model_queues=_model_queues(env),

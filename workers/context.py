@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from services.catalog.registry import ModelRegistry, ModelSpec
+from services.catalog.registry import ModelRegistry
+from services.catalog.spec import ModelSpec
 from services.clock import utcnow
 from services.container import Container, build_container
 from services.jobs.events import JobEvents, NoJobEvents

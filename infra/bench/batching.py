@@ -73,7 +73,8 @@ from infra.localstack.demo import TERMINAL, sample_png
 from infra.localstack.parts import READY_TIMEOUT_S, Part, api_part, inference_worker_part
 from infra.localstack.servers import ServerStartError
 from infra.localstack.stack import StackError, StackPaths, StackPlan, bring_up, launched
-from services.catalog.registry import ModelSpec, build_registry
+from services.catalog.registry import build_registry
+from services.catalog.spec import ModelSpec
 from services.errors import LoupeError
 from services.settings import Settings, load_settings
 from services.types import ContentPart, Message, SamplingParams

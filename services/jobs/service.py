@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from services.catalog.registry import ModelRegistry, ModelSpec
+from services.catalog.registry import ModelRegistry
+from services.catalog.spec import ModelSpec
 from services.errors import Conflict, InvalidInput, Unavailable
 from services.jobs.events import JobEvents, NoJobEvents
 from services.jobs.queue import TaskQueue

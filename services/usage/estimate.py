@@ -28,7 +28,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-from services.catalog.registry import ModelSpec
+from services.catalog.spec import ModelSpec
 from services.types import Message
 from services.usage.pricing import price_job
 

@@ -12,7 +12,6 @@ import requests
 
 from services.api.app import create_app
 from services.auth.keys import Role
-from services.catalog.registry import TINY_MODEL
 from services.clock import utcnow
 from services.container import build_container
 from services.jobs.queue import CeleryProducer
@@ -21,6 +20,7 @@ from services.types import JobStatus
 from tests.conftest import auth
 from tests.e2e.conftest import make_env, start_api, start_worker
 from tests.helpers import chat_body, make_image
+from tests.support.models import TINY_MODEL
 
 pytestmark = pytest.mark.e2e
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}

@@ -13,7 +13,6 @@ import redis
 
 from services.api.app import create_app
 from services.auth.keys import Role
-from services.catalog.registry import TINY_MODEL
 from services.clock import utcnow
 from services.container import build_container
 from services.jobs.queue import CeleryTaskQueue
@@ -22,6 +21,7 @@ from tests.conftest import auth
 from tests.e2e.conftest import ledger_rows, make_env, start_worker, wait_until
 from tests.e2e.test_jobs_end_to_end import wait_for
 from tests.helpers import chat_body, make_image
+from tests.support.models import TINY_MODEL
 
 pytestmark = pytest.mark.e2e
 PRICES = {TINY_MODEL: {"input_per_million": "0.35", "output_per_million": "0.40",

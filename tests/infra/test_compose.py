@@ -132,12 +132,28 @@ def test_compose_app_services_share_the_loupe_env(tmp_path: Path) -> None:
     assert shared["LOUPE_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert shared["LOUPE_BROKER_URL"] == "redis://redis:6379/0"
     assert shared["LOUPE_S3_ENDPOINT_URL"] == "http://seaweedfs:8333"
-    assert shared["LOUPE_LLAMA_11B_PATH"] == "/models/Llama-3.2-11B-Vision-Instruct"
+    assert shared["LOUPE_MODELS_FILE"] == "/etc/loupe/models.toml"
     for name in APP_SERVICES:
         env = services[name]["environment"]
         assert {k: env[k] for k in shared if k != "LOUPE_WORKER_CONCURRENCY"} == {
             k: v for k, v in shared.items() if k != "LOUPE_WORKER_CONCURRENCY"
         }, name
+
+
+def test_compose_app_services_read_the_models_file_that_points_llama_at_models(
+    tmp_path: Path,
+) -> None:
+    from services.catalog.loader import load_catalog
+
+    config = _resolved(tmp_path)
+    source = Path(config["configs"]["loupe-models"]["file"])
+    assert source == REPO / "infra" / "docker" / "models.toml"
+    for name in APP_SERVICES:
+        (mount,) = config["services"][name]["configs"]
+        assert (mount["source"], mount["target"]) == ("loupe-models", "/etc/loupe/models.toml")
+    weights = {spec.name: spec.weights_path for spec in load_catalog(Path("/models"), source)}
+    assert weights["llama-3.2-11b-vision-instruct"] == "/models/Llama-3.2-11B-Vision-Instruct"
+    assert weights["llama-3.2-90b-vision-instruct"] == "/models/Llama-3.2-90B-Vision-Instruct"
 
 
 def test_compose_worker_reserves_all_gpus_and_mounts_models(tmp_path: Path) -> None:

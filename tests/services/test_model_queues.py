@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from services.auth.keys import Role
-from services.catalog.registry import LLAMA_11B, LLAMA_90B, TINY_MODEL, build_registry
+from services.catalog.registry import build_registry
 from services.clock import utcnow
 from services.errors import ConfigurationError
 from services.jobs.maintenance import requeue_lost
@@ -18,6 +18,7 @@ from services.jobs.queue import RedisQueuedMessages
 from services.settings import Settings, load_settings
 from tests.conftest import auth
 from tests.helpers import chat_body, make_image
+from tests.support.models import LLAMA_11B, LLAMA_90B, TINY_MODEL
 
 
 def test_model_queues_parse_and_refuse_bad_values():

@@ -30,26 +30,19 @@ def test_settings_reject_bad_values(env):
         build_registry(load_settings(env))
 
 
-def test_worker_concurrency_follows_the_models_max_num_seqs():
-    from services.catalog.registry import LLAMA_11B, LLAMA_90B, build_registry
+def test_settings_read_the_models_file_path():
+    from pathlib import Path
 
-    for model, seqs in [(LLAMA_11B, 16), (LLAMA_90B, 32)]:
-        settings = load_settings({"LOUPE_DEFAULT_MODEL": model})
-        assert build_registry(settings).worker_concurrency(settings) == seqs
-    settings = load_settings({"LOUPE_DEFAULT_MODEL": LLAMA_90B, "LOUPE_WORKER_CONCURRENCY": "3"})
-    assert build_registry(settings).worker_concurrency(settings) == 3
+    assert load_settings({}).models_file is None
+    assert load_settings({"LOUPE_MODELS_FILE": "/etc/loupe/models.toml"}).models_file == Path(
+        "/etc/loupe/models.toml"
+    )
 
 
-def test_registry_ships_the_vllm_settings_for_llama_vision():
-    from services.catalog.registry import LLAMA_11B, LLAMA_90B, build_registry
-
-    registry = build_registry(load_settings({"LOUPE_TENSOR_PARALLEL_SIZE": "4"}))
-    small = registry.get(LLAMA_11B).engine_args.to_vllm()
-    assert small["enforce_eager"] is True
-    assert small["max_num_seqs"] == 16
-    assert small["limit_mm_per_prompt"] == {"image": 1}
-    big = registry.get(LLAMA_90B).engine_args.to_vllm()
-    assert (big["max_num_seqs"], big["tensor_parallel_size"], big["max_model_len"]) == (32, 4, 8192)
+@pytest.mark.parametrize("name", ["LLAMA_11B_PATH", "LLAMA_90B_PATH", "TENSOR_PARALLEL_SIZE"])
+def test_settings_refuse_the_removed_per_model_variables(name):
+    with pytest.raises(ConfigurationError, match=f"LOUPE_{name} was removed: .*LOUPE_MODELS_FILE"):
+        load_settings({f"LOUPE_{name}": "4"})
 
 
 def test_settings_price_overrides_inline_or_file(tmp_path):

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from services.auth.keys import Role, SqlKeyStore
-from services.catalog.registry import ModelSpec, build_registry
+from services.catalog.registry import build_registry
+from services.catalog.spec import ModelSpec
 from services.db import make_engine
 from services.errors import EngineError, Unavailable
 from services.jobs.types import NewJob

@@ -8,13 +8,14 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from services.catalog.registry import LLAMA_90B, build_registry
+from services.catalog.registry import build_registry
 from services.db import make_engine
 from services.db.schema import usage_ledger
 from services.settings import Settings
 from services.types import ImageRef, JobStatus
 from tests.helpers import make_image
 from tests.services.usage.conftest import insert_job, new_owner
+from tests.support.models import LLAMA_90B
 from tests.support.stores import sql_job_store
 from tests.workers.test_pipeline import NOW, FakeEngine, _ctx
 from workers.pipeline import Outcome, process_job

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
-from services.catalog.registry import ModelSpec
+from services.catalog.spec import ModelSpec
 from services.errors import ConfigurationError
 from services.settings import Settings
 from workers.engines.base import Engine
@@ -13,9 +14,9 @@ from workers.engines.base import Engine
 def load_engine(spec: ModelSpec, settings: Settings) -> Engine:
     """Build the engine a model's catalog entry names (``spec.engine``), on its weights.
 
-    A worker never builds a model: whoever starts it puts the weights in place. ConfigurationError
-    when the vllm engine cannot be imported here or does not serve the architecture, or when the
-    engine is unknown.
+    ConfigurationError when local weights are missing (a worker never builds a model: whoever
+    starts it puts the weights in place), when the vllm engine cannot be imported here or does
+    not serve the architecture, or when the engine is unknown.
     """
     if spec.engine == "transformers":
         return _transformers_engine(spec, settings)
@@ -24,7 +25,17 @@ def load_engine(spec: ModelSpec, settings: Settings) -> Engine:
     raise ConfigurationError(f"model {spec.name}: unknown engine {spec.engine!r}")
 
 
+def _check_weights(spec: ModelSpec) -> None:
+    if spec.local_weights and not Path(spec.weights_path).is_dir():
+        raise ConfigurationError(
+            f"model {spec.name}: weights directory {spec.weights_path} does not exist (set "
+            "LOUPE_MODELS_DIR, or the model's path in LOUPE_MODELS_FILE; the local tiny models "
+            "are built by `python -m infra.models build`)"
+        )
+
+
 def _transformers_engine(spec: ModelSpec, settings: Settings) -> Engine:
+    _check_weights(spec)
     from workers.engines.transformers_engine import TransformersEngine  # heavy: torch
 
     return TransformersEngine(
@@ -45,6 +56,7 @@ def _vllm_engine(spec: ModelSpec) -> Engine:
             f"({missing}); run this model on a vLLM worker image (infra/docker/)"
         )
     check_model_support(spec.architecture)
+    _check_weights(spec)
     return VllmEngine(spec.weights_path, engine_args=spec.engine_args.to_vllm())
 
 

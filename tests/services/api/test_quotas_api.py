@@ -10,11 +10,11 @@ import redis
 
 from services.api.app import create_app
 from services.auth.keys import Role
-from services.catalog.registry import LLAMA_90B
 from services.clock import utcnow
 from services.container import build_container
 from tests.conftest import auth
 from tests.helpers import chat_body, count_jobs, count_objects, make_image, queue_length
+from tests.support.models import LLAMA_90B
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ from decimal import Decimal
 import pytest
 
 from services.auth.keys import Role
-from services.catalog.registry import LLAMA_11B, LLAMA_90B
 from services.clock import utcnow
 from tests.conftest import auth
 from tests.helpers import chat_body, make_image
 from tests.services.usage.conftest import insert_job, run_to
+from tests.support.models import LLAMA_11B, LLAMA_90B
 
 T0 = datetime(2026, 10, 5, 9, 0, tzinfo=UTC)
 

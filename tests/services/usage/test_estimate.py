@@ -8,11 +8,12 @@ from decimal import Decimal
 import pytest
 
 from infra.models.tiny_mllama import build_tiny_mllama
-from services.catalog.registry import LLAMA_90B, TINY_MODEL, TINY_VLLM_MODEL, build_registry
+from services.catalog.registry import build_registry
 from services.settings import Settings
 from services.types import ContentPart, Message
 from services.usage.estimate import CostEstimator, TokenizerFileCounter
 from services.usage.pricing import price_job
+from tests.support.models import LLAMA_90B, TINY_MODEL, TINY_VLLM_MODEL
 
 PROMPT = "Describe the picture in détail, please. 🙂"
 

@@ -10,13 +10,14 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import insert
 
-from services.catalog.registry import LLAMA_90B, build_registry
+from services.catalog.registry import build_registry
 from services.db.schema import usage_ledger
 from services.jobs.presenter import job_to_public
 from services.settings import PriceOverride, Settings
 from services.types import PriceCard
 from services.usage.ledger import SqlUsageLedger, record_usage
 from tests.services.usage.conftest import insert_job, ledger_rows, new_owner, run_to
+from tests.support.models import LLAMA_90B
 from tests.support.stores import sql_job_store
 
 T0 = datetime(2026, 11, 3, 12, 0, tzinfo=UTC)

@@ -1,9 +1,10 @@
 from decimal import Decimal
 
-from services.catalog.registry import LLAMA_90B, build_registry
+from services.catalog.registry import build_registry
 from services.settings import PriceOverride, Settings
 from services.types import PriceCard
 from services.usage.pricing import price_job
+from tests.support.models import LLAMA_90B
 
 
 def test_pricing_uses_the_90b_price_card_exactly():
