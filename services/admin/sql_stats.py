@@ -31,8 +31,8 @@ from services.admin.types import (
     WindowStats,
     merge_totals,
 )
-from services.db.errors import translate_db_errors
 from services.db.schema import UTCDateTime, jobs
+from services.db.session import reading
 from services.types import TERMINAL_STATUSES, JobStatus, PriceCard, Priority
 from services.usage.pricing import price_job
 
@@ -92,7 +92,7 @@ class SqlJobStats:
 
     def counts(self) -> JobCounts:
         """Jobs by status, running jobs by model, oldest queued job per priority."""
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             by_status = {
                 str(status): int(n)
                 for status, n in conn.execute(
@@ -114,7 +114,7 @@ class SqlJobStats:
 
     def oldest(self, models: Collection[str]) -> dict[Priority, datetime]:
         """Oldest queued job per priority among ``models`` (one per-model queue)."""
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             return _oldest_queued(conn, models)
 
     def windows(
@@ -135,7 +135,7 @@ class SqlJobStats:
             .order_by(jobs.c.completed_at.desc())
             .limit(cap + 1)
         )
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = list(conn.execute(query))
         truncated = len(rows) > cap
         rows = rows[:cap]
@@ -169,7 +169,7 @@ class SqlJobStats:
             .order_by(jobs.c.completed_at.desc())
             .limit(limit)
         )  # fmt: skip
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             return tuple(
                 Failure(r.id, r.model, r.error_code, r.error_message, r.completed_at)
                 for r in conn.execute(query)
@@ -215,7 +215,7 @@ class SqlJobStats:
         query = (
             select(*columns).where(*conditions).group_by(jobs.c.model, jobs.c.status, price_text)
         )
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = list(conn.execute(query))
         result: dict[str, ModelTotals] = {}
         n_wait = len(QUEUE_WAIT_BUCKETS)

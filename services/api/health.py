@@ -6,7 +6,7 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
 from services.api.auth import container
-from services.db.errors import translate_db_errors
+from services.db.session import reading
 
 bp = Blueprint("health", __name__)
 
@@ -20,6 +20,6 @@ def healthz() -> Response:
 def readyz() -> Response:
     engine = container().db_engine
     if engine is not None:
-        with translate_db_errors(), engine.connect() as conn:
+        with reading(engine) as conn:
             conn.execute(text("SELECT 1"))
     return jsonify({"status": "ready"})

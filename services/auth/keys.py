@@ -15,8 +15,8 @@ from typing import Protocol
 
 from sqlalchemy import Engine, insert, select
 
-from services.db.errors import translate_db_errors
 from services.db.schema import api_keys
+from services.db.session import reading, writing
 from services.errors import InvalidInput, Unauthenticated
 
 KEY_PREFIX = "lp_"
@@ -58,7 +58,7 @@ class SqlKeyStore:
         if not name.strip():
             raise InvalidInput("A key needs a name.")
         key_id, plaintext = new_key_material()
-        with translate_db_errors(), self._engine.begin() as conn:
+        with writing(self._engine) as conn:
             conn.execute(
                 insert(api_keys).values(
                     id=key_id,
@@ -73,7 +73,7 @@ class SqlKeyStore:
     def authenticate(self, plaintext: str) -> ApiKey:
         if not plaintext.startswith(KEY_PREFIX):
             raise Unauthenticated("Invalid API key.", code="invalid_api_key")
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             row = (
                 conn.execute(
                     select(api_keys).where(

@@ -10,8 +10,8 @@ from typing import Protocol
 from sqlalchemy import Engine, and_, delete, insert, or_, select
 from sqlalchemy.engine import RowMapping
 
-from services.db.errors import translate_db_errors
 from services.db.schema import files
+from services.db.session import reading, writing
 from services.types import ImageRef
 
 
@@ -41,7 +41,7 @@ class SqlFileStore:
 
     def insert(self, file: StoredFile) -> None:
         image = file.image
-        with translate_db_errors(), self._engine.begin() as conn:
+        with writing(self._engine) as conn:
             conn.execute(
                 insert(files).values(
                     id=file.id,
@@ -57,7 +57,7 @@ class SqlFileStore:
             )
 
     def get(self, file_id: str) -> StoredFile | None:
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             row = conn.execute(select(files).where(files.c.id == file_id)).mappings().first()
         return None if row is None else _row_to_file(row)
 
@@ -74,15 +74,15 @@ class SqlFileStore:
                 )
             )
         query = query.order_by(files.c.created_at.desc(), files.c.id.desc()).limit(limit)
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             return [_row_to_file(row) for row in conn.execute(query).mappings()]
 
     def delete(self, file_id: str) -> bool:
-        with translate_db_errors(), self._engine.begin() as conn:
+        with writing(self._engine) as conn:
             return conn.execute(delete(files).where(files.c.id == file_id)).rowcount == 1
 
     def created_before(self, cutoff: datetime, limit: int) -> list[StoredFile]:
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = conn.execute(
                 select(files)
                 .where(files.c.created_at < cutoff)
@@ -96,7 +96,7 @@ class SqlFileStore:
         query = select(files.c.id).where(files.c.sha256 == sha256)
         if excluding:
             query = query.where(files.c.id.not_in(list(excluding)))
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             return conn.execute(query.limit(1)).first() is not None
 
 

@@ -28,8 +28,8 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ColumnElement
 
-from services.db.errors import translate_db_errors
 from services.db.schema import jobs
+from services.db.session import reading, writing
 from services.errors import Conflict, NotFound
 from services.jobs.types import Job, NewJob
 from services.types import ImageRef, JobStatus, Message, PriceCard, Priority, SamplingParams
@@ -159,7 +159,7 @@ class SqlJobStore:
             "webhook_events": list(job.webhook_events),
         }
         try:
-            with translate_db_errors(), self._engine.begin() as conn:
+            with writing(self._engine) as conn:
                 conn.execute(insert(jobs).values(**values))
         except IntegrityError as exc:
             if job.idempotency_key is None:
@@ -172,7 +172,7 @@ class SqlJobStore:
         return self.get(job.id)
 
     def get(self, job_id: str) -> Job:
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
         if row is None:
             raise NotFound(f"No job {job_id!r}.", code="job_not_found")
@@ -186,7 +186,7 @@ class SqlJobStore:
         return job
 
     def delete_queued(self, job_id: str) -> bool:
-        with translate_db_errors(), self._engine.begin() as conn:
+        with writing(self._engine) as conn:
             result = conn.execute(
                 delete(jobs).where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
             )
@@ -203,7 +203,7 @@ class SqlJobStore:
             ),
             and_(jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at < now),
         )
-        with translate_db_errors(), self._engine.begin() as conn:
+        with writing(self._engine) as conn:
             result = conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, claimable)
@@ -300,7 +300,7 @@ class SqlJobStore:
     def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
         if not job_ids:
             return set()
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = conn.execute(
                 select(jobs.c.id).where(
                     jobs.c.id.in_(list(job_ids)), jobs.c.cancel_requested_at.is_not(None)
@@ -345,7 +345,7 @@ class SqlJobStore:
 
     def overdue_queued(self, now: datetime, limit: int) -> list[str]:
         """Ids of queued jobs whose TTL has passed (oldest deadline first)."""
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = conn.execute(
                 select(jobs.c.id)
                 .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.expires_at <= now)
@@ -367,7 +367,7 @@ class SqlJobStore:
         self, status: JobStatus, when: ColumnElement[Any], before: datetime, limit: int
     ) -> list[JobRoute]:
         """Jobs in ``status`` whose ``when`` column is before ``before``, earliest first."""
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = conn.execute(
                 select(jobs.c.id, jobs.c.priority, jobs.c.model)
                 .where(jobs.c.status == status.value, when < before)
@@ -377,7 +377,7 @@ class SqlJobStore:
             return [JobRoute(row[0], Priority(row[1]), row[2]) for row in rows]
 
     def find_idempotent(self, owner_id: str, key: str) -> Job | None:
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             row = (
                 conn.execute(
                     select(jobs).where(jobs.c.owner_id == owner_id, jobs.c.idempotency_key == key)
@@ -392,7 +392,7 @@ class SqlJobStore:
         self._update((jobs.c.id == job_id,), idempotency_key=None)
 
     def request_hash(self, job_id: str) -> str | None:
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             value = conn.execute(
                 select(jobs.c.request_hash).where(jobs.c.id == job_id)
             ).scalar_one_or_none()
@@ -420,7 +420,7 @@ class SqlJobStore:
                     and_(jobs.c.created_at == after.created_at, jobs.c.id < after.job_id),
                 )
             )
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = conn.execute(
                 select(jobs)
                 .where(*conditions)
@@ -449,19 +449,19 @@ class SqlJobStore:
         )
         if models is not None:
             query = query.where(jobs.c.model.in_(list(models)))
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             return int(conn.execute(query).scalar_one())
 
     def completed_since(self, since: datetime, models: Collection[str] | None = None) -> int:
         query = select(func.count()).select_from(jobs).where(jobs.c.completed_at >= since)
         if models is not None:
             query = query.where(jobs.c.model.in_(list(models)))
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             return int(conn.execute(query).scalar_one())
 
     def retention_due(self, cutoff: datetime, limit: int) -> list[Job]:
         """Finished jobs older than ``cutoff`` whose data is still kept."""
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = conn.execute(
                 select(jobs)
                 .where(jobs.c.completed_at < cutoff, jobs.c.data_removed_at.is_(None))
@@ -477,7 +477,7 @@ class SqlJobStore:
         the jobs that keep their data is an acceptable price for not keeping a reference table.
         """
         sha256 = image_key.rsplit("/", 1)[-1]
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             found = conn.execute(
                 select(jobs.c.id)
                 .where(
@@ -504,7 +504,7 @@ class SqlJobStore:
 
     def _update(self, where: tuple[ColumnElement[bool], ...], **values: Any) -> bool:
         """One compare-and-set: True if exactly this job matched ``where`` and changed."""
-        with translate_db_errors(), self._engine.begin() as conn:
+        with writing(self._engine) as conn:
             result = conn.execute(update(jobs).where(*where).values(**values))
         return result.rowcount == 1
 
@@ -516,7 +516,7 @@ class SqlJobStore:
         status = JobStatus(values["status"])
         if status.terminal:
             values["billed"] = self._billing.billable(status, values.get("prompt_tokens"))
-        with translate_db_errors(), self._engine.begin() as conn:
+        with writing(self._engine) as conn:
             result = conn.execute(
                 update(jobs)
                 .where(

@@ -26,8 +26,8 @@ from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from services.db.errors import translate_db_errors
 from services.db.schema import api_keys, jobs, usage_ledger
+from services.db.session import reading
 from services.types import JobStatus, PriceCard
 from services.usage.pricing import money_str, price_job
 
@@ -194,7 +194,7 @@ class SqlUsageLedger:
         )
         if owner_id is not None:
             query = query.where(usage_ledger.c.owner_id == owner_id)
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = conn.execute(query).all()
         return [
             UsageGroup(
@@ -208,7 +208,7 @@ class SqlUsageLedger:
 
     def spent_since(self, owner_id: str, start: date) -> Decimal:
         """Ledger cost of ``owner_id`` billed on or after ``start`` (a UTC day)."""
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             value = conn.execute(
                 select(func.sum(usage_ledger.c.cost_total)).where(
                     usage_ledger.c.owner_id == owner_id, usage_ledger.c.billed_on >= start

@@ -28,8 +28,8 @@ from typing import Any, Protocol
 import redis
 from sqlalchemy import Engine, delete, func, insert, select, update
 
-from services.db.errors import translate_db_errors
 from services.db.schema import api_keys, jobs, key_quotas
+from services.db.session import reading, writing
 from services.errors import NotFound, PaymentRequired, QuotaExceeded, Unavailable
 from services.types import JobStatus
 from services.usage.ledger import SqlUsageLedger
@@ -103,7 +103,7 @@ class SqlQuotaStore:
         self._engine = engine
 
     def get(self, key_id: str) -> Quota:
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             row = (
                 conn.execute(select(key_quotas).where(key_quotas.c.key_id == key_id))
                 .mappings()
@@ -120,7 +120,7 @@ class SqlQuotaStore:
 
     def update(self, key_id: str, now: datetime, **changes: Any) -> Quota:
         """Set the given fields (None = unlimited), keep the others; 404 for an unknown key."""
-        with translate_db_errors(), self._engine.begin() as conn:
+        with writing(self._engine) as conn:
             if conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id)).first() is None:
                 raise NotFound(f"No API key {key_id!r}.", code="key_not_found")
             exists = conn.execute(
@@ -140,7 +140,7 @@ class SqlQuotaStore:
         return self.get(key_id)
 
     def clear(self, key_id: str) -> None:
-        with translate_db_errors(), self._engine.begin() as conn:
+        with writing(self._engine) as conn:
             conn.execute(delete(key_quotas).where(key_quotas.c.key_id == key_id))
 
 
@@ -305,7 +305,7 @@ class QuotaEnforcer:
     def _active(self, owner_id: str) -> tuple[int, int, Decimal]:
         """(queued jobs, running jobs, sum of their estimated maximum costs) of a key."""
         active = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = conn.execute(
                 select(jobs.c.status, func.count(), func.sum(jobs.c.estimated_cost_max))
                 .where(jobs.c.owner_id == owner_id, jobs.c.status.in_(active))

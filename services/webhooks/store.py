@@ -13,8 +13,8 @@ from sqlalchemy import Engine, and_, case, func, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
-from services.db.errors import translate_db_errors
 from services.db.schema import webhook_attempts, webhook_events, webhook_secrets
+from services.db.session import reading, writing
 from services.errors import NotFound
 from services.webhooks.types import (
     AttemptResult,
@@ -61,13 +61,13 @@ class SqlWebhookStore:
     # ------------------------------------------------------------------ secrets
 
     def get_secret(self, owner_id: str) -> WebhookSecret | None:
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             return _secret(conn, owner_id)
 
     def create_secret(self, owner_id: str, secret: str, now: datetime) -> WebhookSecret:
         """Insert ``secret`` unless the key has one already; returns the stored one."""
         try:
-            with translate_db_errors(), self._engine.begin() as conn:
+            with writing(self._engine) as conn:
                 conn.execute(
                     insert(webhook_secrets).values(owner_id=owner_id, secret=secret, created_at=now)
                 )
@@ -80,7 +80,7 @@ class SqlWebhookStore:
     def rotate_secret(
         self, owner_id: str, secret: str, now: datetime, overlap_until: datetime
     ) -> WebhookSecret:
-        with translate_db_errors(), self._engine.begin() as conn:
+        with writing(self._engine) as conn:
             conn.execute(
                 update(webhook_secrets)
                 .where(webhook_secrets.c.owner_id == owner_id)
@@ -100,7 +100,7 @@ class SqlWebhookStore:
     def insert_event(self, event: NewWebhookEvent) -> bool:
         """Insert a pending event; False if the job already has an event of this type."""
         try:
-            with translate_db_errors(), self._engine.begin() as conn:
+            with writing(self._engine) as conn:
                 conn.execute(
                     insert(webhook_events).values(
                         id=event.id,
@@ -120,7 +120,7 @@ class SqlWebhookStore:
         return True
 
     def get_event(self, event_id: str) -> WebhookEvent:
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             row = (
                 conn.execute(select(webhook_events).where(webhook_events.c.id == event_id))
                 .mappings()
@@ -131,7 +131,7 @@ class SqlWebhookStore:
         return _event(row)
 
     def find_event(self, job_id: str, type: EventType) -> WebhookEvent | None:
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             row = (
                 conn.execute(
                     select(webhook_events).where(
@@ -146,7 +146,7 @@ class SqlWebhookStore:
 
     def events_for_job(self, job_id: str) -> list[WebhookEvent]:
         """The job's events in delivery order (start before completed)."""
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = (
                 conn.execute(select(webhook_events).where(webhook_events.c.job_id == job_id))
                 .mappings()
@@ -158,7 +158,7 @@ class SqlWebhookStore:
         found: dict[str, list[DeliveryAttempt]] = {event_id: [] for event_id in event_ids}
         if not event_ids:
             return found
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = (
                 conn.execute(
                     select(webhook_attempts)
@@ -174,7 +174,7 @@ class SqlWebhookStore:
 
     def last_attempt_number(self, event_id: str) -> int:
         """The highest attempt number claimed so far (0 if none)."""
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             value = conn.execute(
                 select(func.max(webhook_attempts.c.attempt)).where(
                     webhook_attempts.c.event_id == event_id
@@ -193,7 +193,7 @@ class SqlWebhookStore:
         died mid-POST; it is taken over (the broker redelivered that worker's message).
         """
         try:
-            with translate_db_errors(), self._engine.begin() as conn:
+            with writing(self._engine) as conn:
                 conn.execute(
                     insert(webhook_attempts).values(
                         event_id=event_id, attempt=attempt, attempted_at=now
@@ -202,7 +202,7 @@ class SqlWebhookStore:
             return True
         except IntegrityError:
             pass
-        with translate_db_errors(), self._engine.begin() as conn:
+        with writing(self._engine) as conn:
             result = conn.execute(
                 update(webhook_attempts)
                 .where(
@@ -218,7 +218,7 @@ class SqlWebhookStore:
     def complete_attempt(
         self, event_id: str, attempt: int, now: datetime, result: AttemptResult
     ) -> None:
-        with translate_db_errors(), self._engine.begin() as conn:
+        with writing(self._engine) as conn:
             conn.execute(
                 update(webhook_attempts)
                 .where(
@@ -245,7 +245,7 @@ class SqlWebhookStore:
 
     def restart_event(self, event_id: str, first_attempt: int, now: datetime) -> None:
         """Put an event back to pending for a redelivery starting at ``first_attempt``."""
-        with translate_db_errors(), self._engine.begin() as conn:
+        with writing(self._engine) as conn:
             conn.execute(
                 update(webhook_events)
                 .where(webhook_events.c.id == event_id)
@@ -259,7 +259,7 @@ class SqlWebhookStore:
 
     def overdue_pending(self, before: datetime, limit: int) -> list[str]:
         """Pending events whose next attempt was due before ``before`` (oldest first)."""
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = conn.execute(
                 select(webhook_events.c.id)
                 .where(
@@ -279,12 +279,12 @@ class SqlWebhookStore:
             (webhook_attempts.c.http_status.between(200, 299), "success"),
             else_="failure",
         )
-        with translate_db_errors(), self._engine.connect() as conn:
+        with reading(self._engine) as conn:
             rows = conn.execute(select(outcome, func.count()).group_by(outcome)).all()
         return {str(name): int(count) for name, count in rows}
 
     def _update_pending(self, event_id: str, **values: Any) -> bool:
-        with translate_db_errors(), self._engine.begin() as conn:
+        with writing(self._engine) as conn:
             result = conn.execute(
                 update(webhook_events)
                 .where(
