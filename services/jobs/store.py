@@ -24,15 +24,15 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ColumnElement
 
 from services.db.schema import jobs
 from services.db.session import reading, writing
 from services.errors import Conflict, NotFound
+from services.jobs.rows import insert_values, row_to_job
 from services.jobs.types import Job, NewJob
-from services.types import ImageRef, JobStatus, Message, PriceCard, Priority, SamplingParams
+from services.types import JobStatus, Priority
 
 
 @dataclass(frozen=True)
@@ -136,28 +136,7 @@ class SqlJobStore:
         self._billing = billing
 
     def insert(self, job: NewJob, now: datetime) -> Job:
-        values = {
-            "id": job.id,
-            "owner_id": job.owner_id,
-            "model": job.model,
-            "status": JobStatus.QUEUED.value,
-            "messages": [m.to_json() for m in job.messages],
-            "images": [i.to_json() for i in job.images],
-            "params": job.params.to_json(),
-            "price": job.price.to_json(),
-            "metadata": dict(job.metadata),
-            "timeout_seconds": job.timeout_seconds,
-            "attempts": 0,
-            "created_at": now,
-            "priority": job.priority.value,
-            "expires_at": job.expires_at,
-            "idempotency_key": job.idempotency_key,
-            "request_hash": job.request_hash,
-            "estimated_prompt_tokens": job.estimated_prompt_tokens,
-            "estimated_cost_max": job.estimated_cost_max,
-            "webhook_url": job.webhook_url,
-            "webhook_events": list(job.webhook_events),
-        }
+        values = insert_values(job, now)
         try:
             with writing(self._engine) as conn:
                 conn.execute(insert(jobs).values(**values))
@@ -176,7 +155,7 @@ class SqlJobStore:
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
         if row is None:
             raise NotFound(f"No job {job_id!r}.", code="job_not_found")
-        return _row_to_job(row)
+        return row_to_job(row)
 
     def get_for_owner(self, job_id: str, owner_id: str) -> Job:
         job = self.get(job_id)
@@ -217,7 +196,7 @@ class SqlJobStore:
             if result.rowcount != 1:
                 return None
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().one()
-        return _row_to_job(row)
+        return row_to_job(row)
 
     def release(self, job_id: str, attempt: int) -> bool:
         """running → queued after a transient failure, so a retry can claim it again."""
@@ -385,7 +364,7 @@ class SqlJobStore:
                 .mappings()
                 .first()
             )
-        return None if row is None else _row_to_job(row)
+        return None if row is None else row_to_job(row)
 
     def forget_idempotency_key(self, job_id: str) -> None:
         """Free a key whose replay window has passed, so it can name a new job."""
@@ -427,7 +406,7 @@ class SqlJobStore:
                 .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
                 .limit(limit)
             ).mappings()
-            return [_row_to_job(row) for row in rows]
+            return [row_to_job(row) for row in rows]
 
     def queued_ahead(self, job: Job, models: Collection[str] | None = None) -> int:
         """Queued jobs a worker will take before ``job``: higher priority, or same and older
@@ -468,7 +447,7 @@ class SqlJobStore:
                 .order_by(jobs.c.completed_at)
                 .limit(limit)
             ).mappings()
-            return [_row_to_job(row) for row in rows]
+            return [row_to_job(row) for row in rows]
 
     def image_in_use(self, image_key: str, excluding: Sequence[str]) -> bool:
         """Whether a job outside ``excluding`` still keeps this (content-addressed) image.
@@ -529,38 +508,3 @@ class SqlJobStore:
             if result.rowcount == 1 and values.get("billed"):
                 self._billing.record(conn, job_id, values["completed_at"])
         return result.rowcount == 1
-
-
-def _row_to_job(row: RowMapping) -> Job:
-    return Job(
-        id=row["id"],
-        owner_id=row["owner_id"],
-        model=row["model"],
-        status=JobStatus(row["status"]),
-        messages=tuple(Message.from_json(m) for m in row["messages"]),
-        images=tuple(ImageRef.from_json(i) for i in row["images"]),
-        params=SamplingParams.from_json(row["params"]),
-        price=PriceCard.from_json(row["price"]),
-        timeout_seconds=row["timeout_seconds"],
-        metadata=dict(row["metadata"]),
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        completed_at=row["completed_at"],
-        output_text=row["output_text"],
-        finish_reason=row["finish_reason"],
-        prompt_tokens=row["prompt_tokens"],
-        completion_tokens=row["completion_tokens"],
-        error_code=row["error_code"],
-        error_message=row["error_message"],
-        attempts=row["attempts"],
-        cancel_requested_at=row["cancel_requested_at"],
-        priority=Priority(row["priority"]),
-        expires_at=row["expires_at"],
-        idempotency_key=row["idempotency_key"],
-        data_removed_at=row["data_removed_at"],
-        billed=row["billed"],
-        estimated_prompt_tokens=row["estimated_prompt_tokens"],
-        estimated_cost_max=row["estimated_cost_max"],
-        webhook_url=row["webhook_url"],
-        webhook_events=tuple(row["webhook_events"] or ("completed",)),
-    )
