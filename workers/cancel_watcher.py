@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from services.errors import LoupeError
-from services.jobs.store import JobStore
+from services.jobs.store import JobRunStore
 
 log = logging.getLogger("loupe.cancel")
 
 
 class CancelWatcher:
-    def __init__(self, store: JobStore, interval_seconds: float) -> None:
+    def __init__(self, store: JobRunStore, interval_seconds: float) -> None:
         self._store = store
         self._interval = interval_seconds
         self._callbacks: dict[str, Callable[[], None]] = {}

@@ -26,13 +26,13 @@ from typing import Protocol
 
 from services.jobs.events import JobEvents
 from services.jobs.queue import QueuedMessages, TaskQueue
-from services.jobs.store import JobStore
+from services.jobs.store import JobSweepStore
 from services.storage.blobs import BlobStore
 
 log = logging.getLogger("loupe.maintenance")
 
 
-def expire_overdue(store: JobStore, events: JobEvents, now: datetime, limit: int = 500) -> int:
+def expire_overdue(store: JobSweepStore, events: JobEvents, now: datetime, limit: int = 500) -> int:
     """Expire queued jobs whose TTL has passed; returns how many this call expired."""
     expired = 0
     for job_id in store.overdue_queued(now, limit):
@@ -51,7 +51,7 @@ class RetentionReport:
 
 
 def remove_old_data(
-    store: JobStore,
+    store: JobSweepStore,
     blobs: BlobStore,
     now: datetime,
     retention: timedelta,
@@ -89,7 +89,7 @@ class QueueRoutes(Protocol):
 
 
 def requeue_lost(
-    store: JobStore,
+    store: JobSweepStore,
     broker: QueuedMessages,
     queue: TaskQueue,
     routes: QueueRoutes,

@@ -16,7 +16,7 @@ from services.catalog.spec import ModelSpec
 from services.errors import Conflict, InvalidInput, Unavailable
 from services.jobs.events import JobEvents, NoJobEvents
 from services.jobs.queue import TaskQueue
-from services.jobs.store import Cursor, JobFilter, JobStore
+from services.jobs.store import Cursor, JobFilter, JobSubmitStore
 from services.jobs.types import Job, NewJob, QueueInfo
 from services.net.images import ImageFetcher
 from services.net.webhook_urls import check_webhook_url
@@ -107,7 +107,7 @@ class JobService:
         self,
         *,
         settings: Settings,
-        store: JobStore,
+        store: JobSubmitStore,
         blobs: BlobStore,
         queue: TaskQueue,
         registry: ModelRegistry,

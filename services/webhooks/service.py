@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from services.errors import Conflict
-from services.jobs.store import JobStore
+from services.jobs.store import JobReader
 from services.settings import Settings
 from services.webhooks.queue import WebhookQueue
 from services.webhooks.store import WebhookStore
@@ -33,7 +33,7 @@ class WebhookService:
         *,
         settings: Settings,
         store: WebhookStore,
-        jobs: JobStore,
+        jobs: JobReader,
         queue: WebhookQueue,
         clock: Callable[[], datetime],
     ) -> None:
