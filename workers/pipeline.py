@@ -1,7 +1,11 @@
 """The whole job lifecycle in plain Python: claim, fetch, preprocess, generate, finish.
 
-No Celery in here. Only this module writes a terminal status, always through a compare-and-set
-fenced by the claim's attempt number, so redelivered messages and duplicate workers are harmless.
+No Celery in here. Every terminal status is written by one of the store's compare-and-set
+transitions, never by a plain update. A run ends only here (succeeded, failed or canceled while
+running), fenced by the claim's attempt number, so redelivered messages and duplicate workers are
+harmless. A queued job, which no attempt holds, ends on its ``queued`` status instead: the API
+cancels it (``services.jobs.service``), the expiry sweep expires it
+(``services.jobs.maintenance``), and so does this module when it pulls one past its TTL.
 """
 
 from __future__ import annotations
