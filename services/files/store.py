@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Engine, and_, delete, insert, or_, select
 from sqlalchemy.engine import RowMapping
@@ -40,21 +40,8 @@ class SqlFileStore:
         self._engine = engine
 
     def insert(self, file: StoredFile) -> None:
-        image = file.image
         with writing(self._engine) as conn:
-            conn.execute(
-                insert(files).values(
-                    id=file.id,
-                    owner_id=file.owner_id,
-                    filename=file.filename,
-                    sha256=image.sha256,
-                    content_type=image.content_type,
-                    size_bytes=image.size_bytes,
-                    width=image.width,
-                    height=image.height,
-                    created_at=file.created_at,
-                )
-            )
+            conn.execute(insert(files).values(**_file_values(file)))
 
     def get(self, file_id: str) -> StoredFile | None:
         with reading(self._engine) as conn:
@@ -100,17 +87,16 @@ class SqlFileStore:
             return conn.execute(query.limit(1)).first() is not None
 
 
+# A files row is a StoredFile with its ImageRef's fields flattened in; fields and columns share
+# names, so the mapping both ways is derived from the dataclasses.
+_OWN_FIELDS = tuple(f.name for f in fields(StoredFile) if f.name != "image")
+_IMAGE_FIELDS = tuple(f.name for f in fields(ImageRef))
+
+
+def _file_values(file: StoredFile) -> dict[str, Any]:
+    return {name: getattr(file, name) for name in _OWN_FIELDS} | file.image.to_json()
+
+
 def _row_to_file(row: RowMapping) -> StoredFile:
-    return StoredFile(
-        id=row["id"],
-        owner_id=row["owner_id"],
-        filename=row["filename"],
-        image=ImageRef(
-            sha256=row["sha256"],
-            content_type=row["content_type"],
-            size_bytes=row["size_bytes"],
-            width=row["width"],
-            height=row["height"],
-        ),
-        created_at=row["created_at"],
-    )
+    image = ImageRef(**{name: row[name] for name in _IMAGE_FIELDS})
+    return StoredFile(image=image, **{name: row[name] for name in _OWN_FIELDS})

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -111,12 +111,7 @@ class SqlQuotaStore:
             )
         if row is None:
             return Quota()
-        return Quota(
-            monthly_spend_usd=row["monthly_spend_usd"],
-            max_queued=row["max_queued"],
-            max_running=row["max_running"],
-            requests_per_minute=row["requests_per_minute"],
-        )
+        return Quota(**{f.name: row[f.name] for f in fields(Quota)})  # a column per field
 
     def update(self, key_id: str, now: datetime, **changes: Any) -> Quota:
         """Set the given fields (None = unlimited), keep the others; 404 for an unknown key."""

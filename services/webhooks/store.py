@@ -6,6 +6,7 @@ Idempotence lives in unique keys: one event per (job, event type), and one attem
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -101,20 +102,7 @@ class SqlWebhookStore:
         """Insert a pending event; False if the job already has an event of this type."""
         try:
             with writing(self._engine) as conn:
-                conn.execute(
-                    insert(webhook_events).values(
-                        id=event.id,
-                        job_id=event.job_id,
-                        owner_id=event.owner_id,
-                        event_type=event.type.value,
-                        url=event.url,
-                        payload=event.payload,
-                        created_at=event.created_at,
-                        state=EventState.PENDING.value,
-                        run_first_attempt=1,
-                        next_attempt_at=event.next_attempt_at,
-                    )
-                )
+                conn.execute(insert(webhook_events).values(**_event_values(event)))
         except IntegrityError:
             return False
         return True
@@ -307,17 +295,19 @@ def _secret(conn: Connection, owner_id: str) -> WebhookSecret | None:
     return None if row is None else WebhookSecret(**dict(row))
 
 
+# Event fields and webhook_events columns share names, except ``type`` (column ``event_type``).
+_EVENT_FIELDS = tuple(f.name for f in fields(WebhookEvent) if f.name != "type")
+_NEW_EVENT_FIELDS = tuple(f.name for f in fields(NewWebhookEvent) if f.name != "type")
+
+
+def _event_values(event: NewWebhookEvent) -> dict[str, Any]:
+    """A new event's row: pending, its run starting at attempt 1."""
+    values = {name: getattr(event, name) for name in _NEW_EVENT_FIELDS}
+    pending = {"state": EventState.PENDING.value, "run_first_attempt": 1}
+    return values | pending | {"event_type": event.type.value}
+
+
 def _event(row: RowMapping) -> WebhookEvent:
-    return WebhookEvent(
-        id=row["id"],
-        job_id=row["job_id"],
-        owner_id=row["owner_id"],
-        type=EventType(row["event_type"]),
-        url=row["url"],
-        payload=dict(row["payload"]),
-        created_at=row["created_at"],
-        state=EventState(row["state"]),
-        run_first_attempt=row["run_first_attempt"],
-        next_attempt_at=row["next_attempt_at"],
-        finished_at=row["finished_at"],
-    )
+    values = {name: row[name] for name in _EVENT_FIELDS}
+    typed = {"state": EventState(row["state"]), "payload": dict(row["payload"])}
+    return WebhookEvent(**values | typed, type=EventType(row["event_type"]))
