@@ -1,29 +1,16 @@
-"""Small builders and probes shared by the tests."""
+"""Request bodies and probes of the real parts (SQL, S3, the broker) shared by the tests;
+image, job and key builders live in ``tests.support``."""
 
 from __future__ import annotations
 
-import base64
-import io
 from typing import Any
 
 import boto3
 import redis
-from PIL import Image, ImageDraw
 from sqlalchemy import Engine, func, select
 
 from services.db.schema import jobs
-
-
-def make_image(width: int = 64, height: int = 48, fmt: str = "PNG", **save: Any) -> bytes:
-    image = Image.new("RGB", (width, height), (30, 90, 160))
-    ImageDraw.Draw(image).ellipse((4, 4, width - 4, height - 4), fill=(240, 200, 40))
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **save)
-    return buffer.getvalue()
-
-
-def data_url(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+from tests.support.images import data_url
 
 
 def chat_body(image: bytes | None = None, prompt: str = "Describe the image.", **extra: Any):

@@ -20,8 +20,9 @@ from services.clock import utcnow
 from services.db import make_engine
 from tests.conftest import auth
 from tests.e2e.conftest import REPO, start_worker
-from tests.helpers import chat_body, make_image
+from tests.helpers import chat_body
 from tests.services.admin.jobrows import add_job
+from tests.support.images import make_image
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = "/usr/bin/chromium"

@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import auth
 from tests.e2e.conftest import ADMIN_HEARTBEAT_TTL_SECONDS, start_worker, wait_until
-from tests.helpers import chat_body, make_image
+from tests.helpers import chat_body
+from tests.support.images import make_image
 
 pytestmark = pytest.mark.e2e
 N_JOBS = 50

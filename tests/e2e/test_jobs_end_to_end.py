@@ -19,7 +19,8 @@ from services.settings import load_settings
 from services.types import JobStatus
 from tests.conftest import auth
 from tests.e2e.conftest import make_env, start_api, start_worker
-from tests.helpers import chat_body, make_image
+from tests.helpers import chat_body
+from tests.support.images import make_image
 from tests.support.models import TINY_MODEL
 
 pytestmark = pytest.mark.e2e

@@ -20,7 +20,8 @@ from services.settings import load_settings
 from tests.conftest import auth
 from tests.e2e.conftest import ledger_rows, make_env, start_worker, wait_until
 from tests.e2e.test_jobs_end_to_end import wait_for
-from tests.helpers import chat_body, make_image
+from tests.helpers import chat_body
+from tests.support.images import make_image
 from tests.support.models import TINY_MODEL
 
 pytestmark = pytest.mark.e2e

@@ -27,7 +27,8 @@ from services.container import build_container
 from services.settings import load_settings
 from tests.conftest import auth
 from tests.e2e.conftest import make_env, start_api
-from tests.helpers import chat_body, data_url, make_image
+from tests.helpers import chat_body
+from tests.support.images import data_url, make_image
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,9 @@ from services.clock import utcnow
 from services.container import build_container
 from services.settings import load_settings
 from tests.e2e.conftest import make_env, start_api, start_webhook_worker, start_worker
-from tests.helpers import chat_body, make_image
+from tests.helpers import chat_body
 from tests.receiver import running_receiver
+from tests.support.images import make_image
 
 pytestmark = pytest.mark.e2e
 

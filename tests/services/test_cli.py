@@ -7,18 +7,17 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from services.auth.keys import Role, SqlKeyStore
 from services.cli import main
-from services.clock import utcnow
 from services.db import make_engine
 from services.usage.quotas import Quota, SqlQuotaStore
+from tests.support.keys import new_key
 
 
 @pytest.fixture
 def cli(sqlite_url, monkeypatch):
     monkeypatch.setenv("LOUPE_DATABASE_URL", sqlite_url)
     engine = make_engine(sqlite_url)
-    key = SqlKeyStore(engine).create("app", Role.USER, utcnow())[0]
+    key = new_key(engine, "app")
     runner = CliRunner()
     yield lambda *args: runner.invoke(main, list(args)), key.id, SqlQuotaStore(engine)
     engine.dispose()

@@ -17,7 +17,9 @@ from services.jobs.maintenance import requeue_lost
 from services.jobs.queue import RedisQueuedMessages
 from services.settings import Settings, load_settings
 from tests.conftest import auth
-from tests.helpers import chat_body, make_image
+from tests.helpers import chat_body
+from tests.support.images import make_image
+from tests.support.keys import new_key
 from tests.support.models import LLAMA_11B, LLAMA_90B, TINY_MODEL
 
 
@@ -108,4 +110,4 @@ def test_the_lost_job_sweep_publishes_on_the_jobs_own_queue(client, container, s
 
 
 def _admin_key(container) -> str:
-    return container.keys.create("admin", Role.ADMIN, utcnow())[1]
+    return new_key(container.keys, "admin", Role.ADMIN).token

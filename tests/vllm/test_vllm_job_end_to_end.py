@@ -18,7 +18,8 @@ from services.container import Container, build_container
 from services.settings import load_settings
 from tests.conftest import auth
 from tests.e2e.conftest import make_env, start_worker
-from tests.helpers import chat_body, make_image
+from tests.helpers import chat_body
+from tests.support.images import make_image
 from workers.engines.vllm_engine import vllm_import_error
 
 if (_missing := vllm_import_error()) is not None:

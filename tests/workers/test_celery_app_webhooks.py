@@ -10,7 +10,8 @@ from services.jobs.queue import INFERENCE_TASK, RedisQueuedMessages
 from services.settings import load_settings
 from services.webhooks.queue import DELIVER_TASK
 from tests.conftest import auth
-from tests.helpers import chat_body, make_image
+from tests.helpers import chat_body
+from tests.support.images import make_image
 from workers.celery_app import make_celery
 from workers.context import close_worker_context
 from workers.tasks import maintenance

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from services.auth.keys import Role, SqlKeyStore
 from services.catalog.registry import build_registry
 from services.catalog.spec import ModelSpec
 from services.db import make_engine
 from services.errors import EngineError, Unavailable
-from services.jobs.types import NewJob
 from services.settings import Settings
-from services.types import ContentPart, ImageRef, JobStatus, Message, PriceCard, SamplingParams
-from tests.helpers import make_image
+from services.types import JobStatus, SamplingParams
+from tests.support.images import image_ref, make_image
+from tests.support.jobs import insert_job
+from tests.support.keys import new_key
 from tests.support.stores import sql_job_store
 from workers.cancel_watcher import CancelWatcher
 from workers.context import WorkerContext
@@ -107,27 +107,13 @@ def _ctx(store, engine: FakeEngine, blobs: Any = None) -> WorkerContext:
 
 
 def _queue_job(store, ctx: WorkerContext, timeout: int = 30, **changes: Any) -> str:
-    owner = SqlKeyStore(store._engine).create("o", Role.USER, NOW)[0].id
+    owner = new_key(store._engine, "o", at=NOW).id
     data = make_image()
-    ref = ImageRef("cd" * 32, "image/png", len(data), 64, 48)
+    ref = image_ref("cd", len(data), 64, 48)
     ctx.blobs.put(ref.key, data, ref.content_type)
-    store.insert(
-        NewJob(
-            id="job_p",
-            owner_id=owner,
-            model="loupe-tiny-mllama",
-            messages=(
-                Message("user", (ContentPart("image", image_index=0), ContentPart("text", "hi"))),
-            ),
-            images=(ref,),
-            params=SamplingParams(max_tokens=4),
-            price=PriceCard(),
-            timeout_seconds=timeout,
-            **changes,
-        ),
-        NOW,
-    )
-    return "job_p"
+    params = SamplingParams(max_tokens=4)
+    build = {"images": (ref,), "params": params, "timeout_seconds": timeout, **changes}
+    return insert_job(store, owner, NOW, job_id="job_p", **build).id
 
 
 def test_pipeline_runs_job_and_records_usage(store):

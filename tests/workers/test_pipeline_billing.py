@@ -13,8 +13,9 @@ from services.db import make_engine
 from services.db.schema import usage_ledger
 from services.settings import Settings
 from services.types import ImageRef, JobStatus
-from tests.helpers import make_image
-from tests.services.usage.conftest import insert_job, new_owner
+from tests.support.images import make_image
+from tests.support.jobs import insert_job
+from tests.support.keys import new_key
 from tests.support.models import LLAMA_90B
 from tests.support.stores import sql_job_store
 from tests.workers.test_pipeline import NOW, FakeEngine, _ctx
@@ -31,8 +32,8 @@ def store(sqlite_url):
 
 
 def _queue(store, ctx) -> str:
-    owner = new_owner(store._engine, "o", NOW)
-    job = insert_job(store, owner, "job_b", NOW, CARD_90B, model="loupe-tiny-mllama")
+    owner = new_key(store._engine, "o", at=NOW).id
+    job = insert_job(store, owner, NOW, job_id="job_b", price=CARD_90B)
     ref: ImageRef = job.images[0]
     ctx.blobs.put(ref.key, make_image(), ref.content_type)
     return job.id

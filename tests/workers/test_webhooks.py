@@ -9,7 +9,6 @@ countdowns it asked for instead of waiting for them. Every delivery is verified 
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,17 +16,17 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from services.auth.keys import Role
 from services.clock import utcnow
 from services.container import build_container
 from services.errors import Unavailable
 from services.jobs.presenter import job_to_public
-from services.jobs.types import NewJob
-from services.types import ContentPart, ImageRef, JobStatus, Message, PriceCard, SamplingParams
+from services.types import JobStatus
 from services.webhooks.types import EventState, new_secret
 from services.webhooks.verify import verify_delivery
 from tests.conftest import make_bucket, make_settings
 from tests.receiver import Receiver, running_receiver
+from tests.support.jobs import insert_job, run_to
+from tests.support.keys import new_key
 from workers.webhooks import DeliveryOutcome, WebhookContext, deliver
 
 SCHEDULE = (0.0, 5.0, 300.0, 1800.0)
@@ -86,42 +85,24 @@ def ctx(container, queue):
 
 @pytest.fixture
 def owner(container):
-    return container.keys.create("hooks", Role.USER, utcnow())[0].id
+    return new_key(container.keys, "hooks").id
 
 
 def make_job(container, owner, url, events=("completed",)):
-    job_id = "job_" + str(time.monotonic_ns())
-    container.jobs.insert(
-        NewJob(
-            id=job_id,
-            owner_id=owner,
-            model="loupe-tiny-mllama",
-            messages=(Message("user", (ContentPart("text", "hi"),)),),
-            images=(ImageRef("ab" * 32, "image/png", 10, 8, 8),),
-            params=SamplingParams(max_tokens=4),
-            price=PriceCard(),
-            timeout_seconds=30,
-            webhook_url=url,
-            webhook_events=tuple(events),
-        ),
-        utcnow(),
-    )
-    return job_id
+    job = insert_job(container.jobs, owner, utcnow(), webhook_url=url, webhook_events=tuple(events))
+    return job.id
 
 
 def start(container, job_id):
-    job = container.jobs.claim(job_id, utcnow(), timedelta(seconds=60))
+    job = run_to(container.jobs, job_id, "running", utcnow())
     container.events.job_changed(job)
     return job
 
 
 def succeed(container, job_id):
-    job = container.jobs.get(job_id)
-    assert container.jobs.succeed(
-        job_id, job.attempts, utcnow(), text="a cat", finish_reason="stop",
-        prompt_tokens=5, completion_tokens=2,
-    )  # fmt: skip
-    finished = container.jobs.get(job_id)
+    finished = run_to(
+        container.jobs, job_id, "succeeded", utcnow(), prompt=5, completion=2, text="a cat"
+    )
     container.events.job_changed(finished)
     return finished
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -10,11 +9,10 @@ from typing import Any
 from sqlalchemy import Engine, update
 
 from services.db.schema import jobs
-from services.jobs.types import NewJob
-from services.types import ContentPart, ImageRef, Message, PriceCard, Priority, SamplingParams
+from services.types import PriceCard, Priority
+from tests.support.jobs import TINY_MODEL, new_job
 from tests.support.stores import sql_job_store
 
-_ids = itertools.count(1)
 PRICED = PriceCard(
     input_per_million=Decimal("1"), output_per_million=Decimal("2"), per_image=Decimal("0.01")
 )
@@ -28,30 +26,19 @@ def add_job(
     status: str = "queued",
     started: datetime | None = None,
     completed: datetime | None = None,
-    model: str = "loupe-tiny-mllama",
+    model: str = TINY_MODEL,
     priority: Priority = Priority.NORMAL,
     price: PriceCard = PRICED,
     **values: Any,
 ) -> str:
-    job_id = f"job_t{next(_ids):06d}"
-    sql_job_store(engine).insert(
-        NewJob(
-            id=job_id,
-            owner_id=owner,
-            model=model,
-            messages=(Message("user", (ContentPart("image", image_index=0),)),),
-            images=(ImageRef("ab" * 32, "image/png", 10, 4, 3),),
-            params=SamplingParams(max_tokens=8),
-            price=price,
-            timeout_seconds=30,
-            priority=priority,
-        ),
-        created,
-    )
+    """A job with one image, created at ``created``, then set to ``status`` and its times (and
+    any other ``values``) as written, with no transition's checks: for statistics fixtures."""
+    job = new_job(owner, model=model, priority=priority, price=price)
+    sql_job_store(engine).insert(job, created)
     with engine.begin() as conn:
         conn.execute(
             update(jobs)
-            .where(jobs.c.id == job_id)
+            .where(jobs.c.id == job.id)
             .values(status=status, started_at=started, completed_at=completed, **values)
         )
-    return job_id
+    return job.id

@@ -9,10 +9,10 @@ import pytest
 
 from services.admin.sql_stats import SqlJobStats, TotalsCache, percentile
 from services.admin.types import QUEUE_WAIT_BUCKETS, RUN_TIME_BUCKETS
-from services.auth.keys import Role, SqlKeyStore
 from services.db import make_engine
 from services.types import Priority
 from tests.services.admin.jobrows import add_job
+from tests.support.keys import new_key
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -30,7 +30,7 @@ def db(database_url):
 
 @pytest.fixture
 def owner(db):
-    return SqlKeyStore(db).create("owner", Role.USER, ago(3600))[0].id
+    return new_key(db, "owner", at=ago(3600)).id
 
 
 def finished(db, owner, *, wait, run, end_ago, status="succeeded", **kw):

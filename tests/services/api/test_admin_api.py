@@ -16,8 +16,10 @@ from services.clock import utcnow
 from services.container import build_container
 from services.types import JobStatus
 from tests.conftest import auth
-from tests.helpers import chat_body, make_image
+from tests.helpers import chat_body
 from tests.services.admin.jobrows import add_job
+from tests.support.images import make_image
+from tests.support.keys import new_key
 
 
 @pytest.fixture
@@ -27,7 +29,7 @@ def settings(settings_for):
 
 @pytest.fixture
 def admin_key(container):
-    return container.keys.create("root", Role.ADMIN, utcnow())[1]
+    return new_key(container.keys, "root", Role.ADMIN).token
 
 
 def submit(client, key, n=1, **extra):
@@ -183,7 +185,7 @@ def test_admin_snapshot_is_cached_for_the_configured_time(settings_for, broker_u
     container = build_container(settings)
     try:
         client = create_app(container=container).test_client()
-        admin = container.keys.create("root", Role.ADMIN, utcnow())[1]
+        admin = new_key(container.keys, "root", Role.ADMIN).token
         first = client.get("/v1/admin/queues", headers=auth(admin)).json
         broker = redis.Redis.from_url(broker_url)
         broker.lpush("inference:5", "x")

@@ -12,7 +12,8 @@ from services.clock import utcnow
 from services.db.schema import files
 from services.jobs.maintenance import remove_old_data
 from tests.conftest import auth
-from tests.helpers import chat_body, count_jobs, count_objects, make_image, queue_length
+from tests.helpers import chat_body, count_jobs, count_objects, queue_length
+from tests.support.images import make_image
 
 
 def upload(client, key, data: bytes, name: str = "cat.png"):

@@ -9,7 +9,8 @@ import pytest
 from services.clock import utcnow
 from services.types import Priority
 from tests.conftest import auth
-from tests.helpers import chat_body, count_jobs, make_image, queue_length
+from tests.helpers import chat_body, count_jobs, queue_length
+from tests.support.images import make_image
 
 
 def _submit(client, key, body=None, **headers):

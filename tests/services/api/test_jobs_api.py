@@ -12,14 +12,8 @@ from services.clock import utcnow
 from services.container import Container
 from services.settings import Settings
 from tests.conftest import auth
-from tests.helpers import (
-    chat_body,
-    count_jobs,
-    count_objects,
-    data_url,
-    make_image,
-    queue_length,
-)
+from tests.helpers import chat_body, count_jobs, count_objects, queue_length
+from tests.support.images import data_url, make_image
 
 
 def _assert_nothing_created(container: Container, settings: Settings, s3: Any) -> None:

@@ -18,8 +18,9 @@ from services.api.app import create_app
 from services.container import Container
 from services.settings import Settings
 from tests.conftest import auth
-from tests.helpers import chat_body, count_jobs, count_objects, data_url, make_image, queue_length
+from tests.helpers import chat_body, count_jobs, count_objects, queue_length
 from tests.services.api.pipeline_stand_in import PipelineStandIn
+from tests.support.images import data_url, make_image
 
 CHAT_TIMEOUT = 2
 

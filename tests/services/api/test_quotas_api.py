@@ -9,11 +9,12 @@ import pytest
 import redis
 
 from services.api.app import create_app
-from services.auth.keys import Role
 from services.clock import utcnow
 from services.container import build_container
 from tests.conftest import auth
-from tests.helpers import chat_body, count_jobs, count_objects, make_image, queue_length
+from tests.helpers import chat_body, count_jobs, count_objects, queue_length
+from tests.support.images import make_image
+from tests.support.keys import new_key
 from tests.support.models import LLAMA_90B
 
 
@@ -147,11 +148,11 @@ def test_quota_is_checked_with_other_settings_too(redis_server, settings_for):
     )
     c = build_container(settings)
     try:
-        key, plaintext = c.keys.create("k", Role.USER, utcnow())
+        key = new_key(c.keys, "k")
         c.quotas.update(key.id, utcnow(), requests_per_minute=1)
         app = create_app(container=c).test_client()
-        assert _submit(app, plaintext, 1).status_code == 202
-        assert _submit(app, plaintext, 2).status_code == 429
+        assert _submit(app, key.token, 1).status_code == 202
+        assert _submit(app, key.token, 2).status_code == 429
         r = redis.Redis.from_url(settings.redis_url)
         assert r.keys(f"loupe:rate:{key.id}:*")
         r.flushdb()

@@ -9,8 +9,9 @@ import hashlib
 import pytest
 
 from tests.conftest import auth
-from tests.helpers import chat_body, count_jobs, count_objects, make_image, queue_length
+from tests.helpers import chat_body, count_jobs, count_objects, queue_length
 from tests.image_server import running_image_server
+from tests.support.images import make_image
 
 
 @pytest.fixture

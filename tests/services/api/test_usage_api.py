@@ -12,8 +12,10 @@ import pytest
 from services.auth.keys import Role
 from services.clock import utcnow
 from tests.conftest import auth
-from tests.helpers import chat_body, make_image
-from tests.services.usage.conftest import insert_job, run_to
+from tests.helpers import chat_body
+from tests.support.images import make_image
+from tests.support.jobs import insert_job, run_to
+from tests.support.keys import new_key
 from tests.support.models import LLAMA_11B, LLAMA_90B
 
 T0 = datetime(2026, 10, 5, 9, 0, tzinfo=UTC)
@@ -21,13 +23,13 @@ T0 = datetime(2026, 10, 5, 9, 0, tzinfo=UTC)
 
 @pytest.fixture
 def admin_key(container) -> str:
-    return container.keys.create("root", Role.ADMIN, utcnow())[1]
+    return new_key(container.keys, "root", Role.ADMIN).token
 
 
 def _finish(container, owner_key: str, job_id: str, model: str, when: datetime, **kw) -> None:
     owner = container.keys.authenticate(owner_key).id
     card = container.registry.get(model).price
-    insert_job(container.jobs, owner, job_id, when, card, model=model)
+    insert_job(container.jobs, owner, when, job_id=job_id, price=card, model=model)
     run_to(container.jobs, job_id, kw.pop("outcome", "succeeded"), when, **kw)
 
 

@@ -13,8 +13,9 @@ import pytest
 
 from services.settings import Settings
 from tests.conftest import auth
-from tests.helpers import chat_body, count_jobs, make_image
+from tests.helpers import chat_body, count_jobs
 from tests.services.api.pipeline_stand_in import PipelineStandIn
+from tests.support.images import make_image
 
 MAX_WAIT = 5
 

@@ -9,7 +9,8 @@ import pytest
 
 from services.clock import utcnow
 from tests.conftest import auth
-from tests.helpers import chat_body, make_image, queue_length
+from tests.helpers import chat_body, queue_length
+from tests.support.images import make_image
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import io
 import pytest
 
 from tests.conftest import auth
-from tests.helpers import chat_body, count_jobs, count_objects, make_image, queue_length
+from tests.helpers import chat_body, count_jobs, count_objects, queue_length
+from tests.support.images import make_image
 
 
 def _assert_nothing_created(container, settings, s3):

@@ -12,7 +12,9 @@ from services.jobs.maintenance import expire_overdue, remove_old_data, requeue_l
 from services.jobs.queue import UNACKED_KEY, RedisQueuedMessages, priority_queue_names
 from services.types import JobStatus
 from tests.conftest import auth
-from tests.helpers import chat_body, make_image
+from tests.helpers import chat_body
+from tests.support.images import make_image
+from tests.support.jobs import run_to
 
 
 class Recorder:
@@ -24,11 +26,7 @@ class Recorder:
 
 
 def _finish(container, job_id, at):
-    job = container.jobs.claim(job_id, at, timedelta(seconds=60))
-    assert container.jobs.succeed(
-        job_id, job.attempts, at, text="a cat", finish_reason="stop",
-        prompt_tokens=10, completion_tokens=3,
-    )  # fmt: skip
+    run_to(container.jobs, job_id, "succeeded", at, prompt=10, completion=3, text="a cat")
 
 
 def test_expire_overdue_expires_only_jobs_past_their_ttl(client, container, user_key):

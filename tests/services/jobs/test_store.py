@@ -6,11 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.auth.keys import Role, SqlKeyStore
 from services.db import make_engine
 from services.errors import NotFound
 from services.jobs.types import NewJob
-from services.types import ContentPart, ImageRef, JobStatus, Message, PriceCard, SamplingParams
+from services.types import JobStatus, SamplingParams
+from tests.support.images import image_ref
+from tests.support.jobs import new_job
+from tests.support.keys import new_key
 from tests.support.stores import sql_job_store
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -31,23 +33,16 @@ def store(db):
 
 @pytest.fixture
 def owner(db):
-    return SqlKeyStore(db).create("owner", Role.USER, T0)[0].id
+    return new_key(db, "owner", at=T0).id
 
 
-def _new_job(owner: str, job_id: str = "job_1") -> NewJob:
-    return NewJob(
-        id=job_id,
-        owner_id=owner,
-        model="loupe-tiny-mllama",
-        messages=(
-            Message("user", (ContentPart("image", image_index=0), ContentPart("text", "hi"))),
-        ),
-        images=(ImageRef("ab" * 32, "image/png", 10, 4, 3),),
-        params=SamplingParams(max_tokens=8, stop=("x",), seed=3),
-        price=PriceCard(),
-        timeout_seconds=30,
-        metadata={"k": "v"},
-    )
+def _new_job(owner: str, job_id: str = "job_1", **changes) -> NewJob:
+    fields = {
+        "images": (image_ref("ab"),),
+        "params": SamplingParams(max_tokens=8, stop=("x",), seed=3),
+        "metadata": {"k": "v"},
+    }
+    return new_job(owner, job_id, **(fields | changes))
 
 
 def test_store_insert_then_get_round_trips(store, owner):
@@ -140,9 +135,7 @@ def test_store_timestamps_are_utc_aware(store, owner):
 
 
 def _insert(store, owner, job_id, at, **changes):
-    import dataclasses
-
-    return store.insert(dataclasses.replace(_new_job(owner, job_id), **changes), at)
+    return store.insert(_new_job(owner, job_id, **changes), at)
 
 
 def test_store_expire_queued_only_after_deadline(store, owner):
@@ -166,7 +159,7 @@ def test_store_claim_before_deadline_wins_over_expiry(store, owner):
 def test_store_idempotency_key_is_unique_per_owner(store, owner, db):
     from services.errors import Conflict
 
-    other = SqlKeyStore(db).create("other", Role.USER, T0)[0].id
+    other = new_key(db, "other", at=T0).id
     _insert(store, owner, "job_a", T0, idempotency_key="k1", request_hash="h")
     _insert(store, other, "job_b", T0, idempotency_key="k1", request_hash="h")  # other key: fine
     with pytest.raises(Conflict) as info:
@@ -182,7 +175,7 @@ def test_store_idempotency_key_is_unique_per_owner(store, owner, db):
 def test_store_list_filters_and_pages_newest_first(store, owner, db):
     from services.jobs.store import Cursor, JobFilter
 
-    other = SqlKeyStore(db).create("other", Role.USER, T0)[0].id
+    other = new_key(db, "other", at=T0).id
     for i in range(7):
         _insert(
             store, owner, f"job_{i}", T0 + timedelta(seconds=i),

@@ -6,19 +6,20 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 import redis
 
 from infra.localstack.servers import free_port, start_redis
-from services.auth.keys import Role, SqlKeyStore
 from services.db import make_engine
 from services.jobs.notify import RedisJobNotifier, job_channel, job_id_from_channel
 from services.jobs.store import SqlJobStore
-from services.jobs.types import Job, NewJob
+from services.jobs.types import Job
 from services.jobs.waiting import JobWaiter
-from services.types import ContentPart, JobStatus, Message, PriceCard, SamplingParams
+from services.types import JobStatus
+from tests.support.jobs import insert_job, run_to
+from tests.support.keys import new_key
 from tests.support.stores import sql_job_store
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -33,7 +34,7 @@ def store(sqlite_url: str) -> Iterator[SqlJobStore]:
 
 @pytest.fixture
 def owner(store: SqlJobStore) -> str:
-    return SqlKeyStore(store._engine).create("owner", Role.USER, T0)[0].id
+    return new_key(store._engine, "owner", at=T0).id
 
 
 @pytest.fixture
@@ -57,35 +58,8 @@ def make_waiter() -> Iterator[Callable[..., JobWaiter]]:
         waiter.close()
 
 
-def _queued(store: SqlJobStore, owner: str, job_id: str) -> Job:
-    return store.insert(
-        NewJob(
-            id=job_id,
-            owner_id=owner,
-            model="loupe-tiny-mllama",
-            messages=(Message("user", (ContentPart("text", "hi"),)),),
-            images=(),
-            params=SamplingParams(max_tokens=4),
-            price=PriceCard(),
-            timeout_seconds=30,
-        ),
-        T0,
-    )
-
-
 def _finish(store: SqlJobStore, job_id: str) -> Job:
-    claimed = store.claim(job_id, T0, timedelta(seconds=60))
-    assert claimed is not None
-    assert store.succeed(
-        job_id,
-        claimed.attempts,
-        T0,
-        text="ok",
-        finish_reason="stop",
-        prompt_tokens=3,
-        completion_tokens=1,
-    )
-    return store.get(job_id)
+    return run_to(store, job_id, "succeeded", T0, prompt=3, completion=1, text="ok")
 
 
 def _later(delay: float, action: Callable[[], object]) -> threading.Thread:
@@ -102,7 +76,7 @@ def _wait(waiter: JobWaiter, store: SqlJobStore, job_id: str, timeout: float) ->
 
 
 def test_notifier_publishes_the_change_on_the_job_channel(store, owner, notifier, broker_url):
-    job = _queued(store, owner, "job_pub")
+    job = insert_job(store, owner, T0, job_id="job_pub", images=0)
     client = redis.Redis.from_url(broker_url)
     pubsub = client.pubsub()
     try:
@@ -120,7 +94,7 @@ def test_notifier_publishes_the_change_on_the_job_channel(store, owner, notifier
 def test_notifier_never_raises_when_redis_is_down(store, owner, caplog):
     notifier = RedisJobNotifier(f"redis://127.0.0.1:{free_port()}/0")
     try:
-        notifier.job_changed(_queued(store, owner, "job_down"))
+        notifier.job_changed(insert_job(store, owner, T0, job_id="job_down", images=0))
     finally:
         notifier.close()
     assert "change not published" in caplog.text
@@ -133,7 +107,7 @@ def test_job_channel_round_trips_and_rejects_other_channels():
 
 
 def test_waiter_returns_a_terminal_job_at_once(store, owner, make_waiter, broker_url):
-    _queued(store, owner, "job_done")
+    insert_job(store, owner, T0, job_id="job_done", images=0)
     _finish(store, "job_done")
     waiter = make_waiter(broker_url)
     started = time.monotonic()
@@ -142,7 +116,7 @@ def test_waiter_returns_a_terminal_job_at_once(store, owner, make_waiter, broker
 
 
 def test_waiter_wakes_on_the_notification(store, owner, notifier, make_waiter, broker_url):
-    _queued(store, owner, "job_wake")
+    insert_job(store, owner, T0, job_id="job_wake", images=0)
     # A poll interval far beyond the test: only the notification can wake the waiter in time.
     waiter = make_waiter(broker_url, poll_interval=60)
     assert waiter.start(timeout=10)
@@ -162,7 +136,7 @@ def test_waiter_wakes_on_the_notification(store, owner, notifier, make_waiter, b
 
 
 def test_waiter_returns_the_current_state_at_the_deadline(store, owner, make_waiter, broker_url):
-    _queued(store, owner, "job_slow")
+    insert_job(store, owner, T0, job_id="job_slow", images=0)
     waiter = make_waiter(broker_url)
     started = time.monotonic()
     job = _wait(waiter, store, "job_slow", 0.6)
@@ -173,7 +147,7 @@ def test_waiter_returns_the_current_state_at_the_deadline(store, owner, make_wai
 def test_waiter_rereads_after_registering(store, owner, make_waiter, broker_url):
     """A change committed between the first read and the registration (so never delivered to
     this waiter) is still seen at once: the waiter re-reads after registering."""
-    _queued(store, owner, "job_race")
+    insert_job(store, owner, T0, job_id="job_race", images=0)
     waiter = make_waiter(broker_url, poll_interval=60)
     assert waiter.start(timeout=10)
     reads = 0
@@ -196,7 +170,7 @@ def test_waiter_rereads_after_registering(store, owner, make_waiter, broker_url)
 
 
 def test_waiter_polls_the_store_when_redis_is_down(store, owner, make_waiter):
-    _queued(store, owner, "job_poll")
+    insert_job(store, owner, T0, job_id="job_poll", images=0)
     waiter = make_waiter(f"redis://127.0.0.1:{free_port()}/0", poll_interval=0.2)
     assert not waiter.start(timeout=1)
     thread = _later(0.3, lambda: _finish(store, "job_poll"))  # no notification at all
@@ -211,7 +185,7 @@ def test_waiter_polls_the_store_when_redis_is_down(store, owner, make_waiter):
 def test_waiter_switches_to_polling_when_redis_dies_mid_wait(store, owner, make_waiter, tmp_path):
     server = start_redis(tmp_path / "redis")
     try:
-        _queued(store, owner, "job_died")
+        insert_job(store, owner, T0, job_id="job_died", images=0)
         waiter = make_waiter(server.url, poll_interval=0.2)
         assert waiter.start(timeout=10)
         _later(0.3, server.stop)

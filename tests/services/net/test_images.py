@@ -9,8 +9,8 @@ import pytest
 from services.errors import PayloadTooLarge
 from services.net.images import ImageUrlRefused, ImageUrlUnreachable, RemoteImageFetcher
 from services.settings import load_settings
-from tests.helpers import make_image
 from tests.image_server import running_image_server
+from tests.support.images import make_image
 
 LOOPBACK_OK = {"LOUPE_IMAGE_URL_ALLOWED_NETWORKS": "127.0.0.0/8", "LOUPE_IMAGE_URL_ALLOW_HTTP": "1"}
 

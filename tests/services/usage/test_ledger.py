@@ -16,7 +16,9 @@ from services.jobs.presenter import job_to_public
 from services.settings import PriceOverride, Settings
 from services.types import PriceCard
 from services.usage.ledger import SqlUsageLedger, record_usage
-from tests.services.usage.conftest import insert_job, ledger_rows, new_owner, run_to
+from tests.services.usage.conftest import ledger_rows
+from tests.support.jobs import insert_job, run_to
+from tests.support.keys import new_key
 from tests.support.models import LLAMA_90B
 from tests.support.stores import sql_job_store
 
@@ -36,13 +38,21 @@ def _job_cost(job) -> Decimal:
 
 def test_ledger_total_equals_sum_of_job_costs_over_200_mixed_jobs(db):
     store = sql_job_store(db)
-    owners = [new_owner(db, f"k{i}", T0) for i in range(3)]
+    owners = [new_key(db, f"k{i}", at=T0).id for i in range(3)]
     rng = random.Random(5)
     expected_billed = 0
     for i in range(200):
         outcome = OUTCOMES[i % len(OUTCOMES)]
         job_id = f"job_{i:04d}"
-        insert_job(store, owners[i % 3], job_id, T0, CARD_90B, images=rng.choice([0, 1]))
+        insert_job(
+            store,
+            owners[i % 3],
+            T0,
+            job_id=job_id,
+            price=CARD_90B,
+            model=LLAMA_90B,
+            images=rng.choice([0, 1]),
+        )
         run_to(
             store, job_id, outcome, T0 + timedelta(days=i % 5),
             prompt=rng.randint(1, 3_000_000), completion=rng.randint(0, 50_000),
@@ -63,10 +73,10 @@ def test_ledger_total_equals_sum_of_job_costs_over_200_mixed_jobs(db):
 
 def test_ledger_skips_failed_jobs_when_policy_says_so_and_job_json_agrees(db):
     store = sql_job_store(db, charge_failed_jobs=False)
-    owner = new_owner(db, "k", T0)
-    insert_job(store, owner, "job_f", T0, CARD_90B)
+    owner = new_key(db, "k", at=T0).id
+    insert_job(store, owner, T0, job_id="job_f", price=CARD_90B, model=LLAMA_90B)
     run_to(store, "job_f", "failed", T0)
-    insert_job(store, owner, "job_s", T0, CARD_90B)
+    insert_job(store, owner, T0, job_id="job_s", price=CARD_90B, model=LLAMA_90B)
     run_to(store, "job_s", "succeeded", T0)
     assert [r["job_id"] for r in ledger_rows(db)] == ["job_s"]
     failed = job_to_public(store.get("job_f"))
@@ -77,8 +87,8 @@ def test_ledger_skips_failed_jobs_when_policy_says_so_and_job_json_agrees(db):
 
 def test_ledger_row_describes_the_job_exactly(db):
     store = sql_job_store(db)
-    owner = new_owner(db, "k", T0)
-    insert_job(store, owner, "job_x", T0, CARD_90B, images=1)
+    owner = new_key(db, "k", at=T0).id
+    insert_job(store, owner, T0, job_id="job_x", price=CARD_90B, model=LLAMA_90B, images=1)
     run_to(store, "job_x", "succeeded", T0, prompt=1_000_000, completion=100_000)
     (row,) = ledger_rows(db)
     assert row["owner_id"] == owner and row["model"] == LLAMA_90B and row["status"] == "succeeded"
@@ -96,8 +106,8 @@ def test_ledger_row_describes_the_job_exactly(db):
 
 def test_ledger_finishing_twice_bills_once(db):
     store = sql_job_store(db)
-    owner = new_owner(db, "k", T0)
-    insert_job(store, owner, "job_d", T0, CARD_90B)
+    owner = new_key(db, "k", at=T0).id
+    insert_job(store, owner, T0, job_id="job_d", price=CARD_90B, model=LLAMA_90B)
     job = store.claim("job_d", T0, timedelta(seconds=60))
     args = {"text": "t", "finish_reason": "stop", "prompt_tokens": 5, "completion_tokens": 5}
     assert store.succeed("job_d", job.attempts, T0, **args)
@@ -111,13 +121,13 @@ def test_ledger_finishing_twice_bills_once(db):
 
 def test_ledger_price_change_after_submit_keeps_the_jobs_price(db):
     store = sql_job_store(db)
-    owner = new_owner(db, "k", T0)
-    insert_job(store, owner, "job_old", T0, CARD_90B)
+    owner = new_key(db, "k", at=T0).id
+    insert_job(store, owner, T0, job_id="job_old", price=CARD_90B, model=LLAMA_90B)
     # The deployment raises its prices after the job was submitted.
     raised = PriceOverride(LLAMA_90B, input_per_million=Decimal("9"), per_image=Decimal("1"))
     new = build_registry(Settings(price_overrides=(raised,))).get(LLAMA_90B).price
     assert new.input_per_million == Decimal("9") and new.output_per_million == Decimal("0.40")
-    insert_job(store, owner, "job_new", T0, new)
+    insert_job(store, owner, T0, job_id="job_new", price=new, model=LLAMA_90B)
     for job_id in ("job_old", "job_new"):
         run_to(store, job_id, "succeeded", T0, prompt=1_000_000, completion=100_000)
     costs = {r["job_id"]: r["cost_total"] for r in ledger_rows(db)}
@@ -125,7 +135,7 @@ def test_ledger_price_change_after_submit_keeps_the_jobs_price(db):
 
 
 def test_ledger_money_column_is_exact_at_large_and_tiny_amounts(db):
-    owner = new_owner(db, "k", T0)
+    owner = new_key(db, "k", at=T0).id
     amounts = [Decimal("123456789.0123456789"), Decimal("0.0000000001"), Decimal(0)]
     with db.begin() as conn:
         for i, amount in enumerate(amounts):
@@ -142,7 +152,7 @@ def test_ledger_money_column_is_exact_at_large_and_tiny_amounts(db):
 
 
 def test_ledger_money_refuses_more_decimals_than_it_stores(db):
-    owner = new_owner(db, "k", T0)
+    owner = new_key(db, "k", at=T0).id
     with pytest.raises(Exception, match="decimal places"), db.begin() as conn:
         conn.execute(
             insert(usage_ledger).values(

@@ -7,7 +7,8 @@ from datetime import timedelta
 from services.clock import utcnow
 from services.webhooks.types import AttemptResult, EventType, NewWebhookEvent
 from tests.conftest import auth
-from tests.helpers import chat_body, make_image
+from tests.helpers import chat_body
+from tests.support.images import make_image
 
 
 def test_store_counts_attempt_outcomes(client, container, user_key):

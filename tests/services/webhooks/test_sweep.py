@@ -8,7 +8,8 @@ from services.clock import utcnow
 from services.webhooks.sweep import requeue_overdue
 from services.webhooks.types import AttemptResult, EventState, EventType, NewWebhookEvent
 from tests.conftest import auth
-from tests.helpers import chat_body, make_image
+from tests.helpers import chat_body
+from tests.support.images import make_image
 
 GRACE = timedelta(minutes=5)
 
