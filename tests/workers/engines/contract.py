@@ -1,9 +1,11 @@
 """Engine-agnostic contract tests, reused by every engine (transformers now, vLLM in its own tier).
 
-A test module subclasses :class:`EngineContract` and provides a fixture named ``engine`` that yields
-a loaded engine serving the tiny random Mllama (or another tiny model of a real architecture). The
-model's text is noise, so the tests check what must hold for any model: token accounting,
-max_tokens, stop strings, determinism, batching transparency and abort.
+A test module subclasses :class:`EngineContract` and provides two fixtures: ``engine``, a loaded
+engine shared by the tests, serving the tiny random Mllama (or another tiny model of a real
+architecture); and ``start_private_engine``, a factory of engines on the same model that a test
+may close. The model's text is noise, so the tests check what must hold for any model: token
+accounting, max_tokens, stop strings, penalties, determinism, batching transparency, input
+checks, abort and close.
 
 Assumptions about the engine under test: its context is at most 8192 tokens, and it decodes greedily
 at temperature 0 with results that do not depend on what else is batched with a request.
@@ -14,14 +16,15 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from PIL import Image
 
-from services.errors import EngineError
+from services.errors import EngineError, Unavailable
 from services.types import ContentPart, Message, SamplingParams
 from workers.engines.base import Engine, GenerationRequest, GenerationResult
 
@@ -85,7 +88,18 @@ def submit(engine: Engine, request: GenerationRequest) -> Future[GenerationResul
 
 
 class EngineContract:
-    """Tests every engine must pass. Subclasses provide the ``engine`` fixture."""
+    """Tests every engine must pass. Subclasses' modules provide the ``engine`` and
+    ``start_private_engine`` fixtures, and may override the two hooks below."""
+
+    #: Penalties strong enough to break the tiny model's repetitive greedy output.
+    GREEDY_BREAKING_PENALTIES: ClassVar[dict[str, Any]] = {
+        "presence_penalty": 2.0,
+        "frequency_penalty": 2.0,
+    }
+
+    def wait_until_running(self, engine: Engine, request_id: str) -> None:
+        """Return once ``request_id`` is generating (by default: after long enough that it is)."""
+        time.sleep(0.5)
 
     def test_token_counts_are_positive_and_consistent(self, engine: Engine) -> None:
         short = engine.generate(make_request(PROMPTS[0], max_tokens=8, temperature=0))
@@ -255,3 +269,64 @@ class EngineContract:
             )
         )
         assert 0 < result.completion_tokens <= 6
+
+    def test_text_only_and_multi_turn_conversations(self, engine: Engine) -> None:
+        request = GenerationRequest(
+            request_id="multi-turn",
+            messages=(
+                Message(role="system", content=(ContentPart(type="text", text="Be brief."),)),
+                Message(role="user", content=(ContentPart(type="text", text="Hello"),)),
+                Message(role="assistant", content=(ContentPart(type="text", text="Hi."),)),
+                Message(role="user", content=(ContentPart(type="text", text="Describe a cat."),)),
+            ),
+            images=(),
+            params=SamplingParams(max_tokens=4, temperature=0),
+        )
+        result = engine.generate(request)
+        assert result.prompt_tokens > 20 and result.completion_tokens > 0
+
+    def test_image_reference_out_of_range_is_rejected(self, engine: Engine) -> None:
+        broken = replace(make_request(max_tokens=2), images=())
+        with pytest.raises(EngineError) as caught:
+            engine.generate(broken)
+        assert caught.value.code == "invalid_prompt"
+
+    def test_penalties_change_greedy_output(self, engine: Engine) -> None:
+        # Greedy decoding of the random model repeats tokens; strong penalties must break that.
+        plain = engine.generate(make_request(max_tokens=16, ignore_eos=True, temperature=0))
+        penalised = engine.generate(
+            make_request(
+                max_tokens=16, ignore_eos=True, temperature=0, **self.GREEDY_BREAKING_PENALTIES
+            )
+        )
+        assert penalised.text != plain.text
+        assert penalised.completion_tokens == 16
+
+    def test_duplicate_request_id_is_rejected(self, engine: Engine) -> None:
+        first = make_request(max_tokens=1500, ignore_eos=True, temperature=0, request_id="job-1")
+        future = submit(engine, first)
+        self.wait_until_running(engine, "job-1")
+        with pytest.raises(EngineError) as caught:
+            engine.generate(make_request(max_tokens=2, request_id="job-1"))
+        engine.abort("job-1")
+        assert future.result(timeout=10).finish_reason == "abort"
+        assert caught.value.code == "duplicate_request"
+
+    def test_close_fails_running_and_later_requests(
+        self, start_private_engine: Callable[[], Engine]
+    ) -> None:
+        engine = start_private_engine()
+        running = make_request(max_tokens=1500, ignore_eos=True, temperature=0)
+        future = submit(engine, running)
+        self.wait_until_running(engine, running.request_id)
+
+        closing_started = time.monotonic()
+        engine.close()
+        closing = time.monotonic() - closing_started
+        engine.close()  # idempotent
+
+        assert isinstance(future.exception(timeout=10), Unavailable)
+        with pytest.raises(Unavailable):
+            engine.generate(make_request(max_tokens=2))
+        engine.abort(running.request_id)  # ignored
+        assert closing < 30
