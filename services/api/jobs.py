@@ -7,6 +7,7 @@ import dataclasses
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from services.api.auth import authenticate_request, container, current_key
+from services.api.body import json_body
 from services.api.schemas import (
     encode_cursor,
     parse_form_job,
@@ -29,7 +30,7 @@ def _command_from_request() -> SubmitCommand:
     owner = current_key().id
     mimetype = request.mimetype
     if mimetype == "application/json":
-        body = request.get_json(silent=True)
+        body = json_body(request)
         if body is None:
             raise BadRequest("The body is not valid JSON.", code="invalid_json")
         return parse_json_job(body, owner, container().settings.default_model)

@@ -29,6 +29,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from services.api.auth import authenticate_request, container, current_key
+from services.api.body import json_body
 from services.api.schemas import parse_json_job
 from services.errors import BadRequest, InvalidInput, Unavailable, UnsupportedMediaType
 from services.jobs.presenter import job_to_public
@@ -77,7 +78,7 @@ def _json_body() -> dict[str, Any]:
             "Send the chat-completions request as application/json.",
             code="unsupported_media_type",
         )
-    body = request.get_json(silent=True)
+    body = json_body(request)
     if body is None:
         raise BadRequest("The body is not valid JSON.", code="invalid_json")
     if not isinstance(body, dict):
