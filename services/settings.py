@@ -49,6 +49,10 @@ class Settings:
     default_model: str = "loupe-tiny-mllama"
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    # The most pixels one image is ever decoded to (API validation and worker): about 8 bytes
+    # each at the worker's peak. Larger JPEGs decode at 1/2..1/8 scale; other formats are refused.
+    max_decode_pixels: int = 4096 * 4096
+    max_image_frames: int = 100  # animated GIF/PNG/WebP; the model sees the first frame
     max_request_bytes: int = 32 * 1024 * 1024
     allowed_image_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF")
     job_timeout_seconds: int = 600
@@ -315,6 +319,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         default_model=_str(env, "DEFAULT_MODEL", defaults.default_model),
         max_image_bytes=_int(env, "MAX_IMAGE_BYTES", defaults.max_image_bytes, 1),
         max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", defaults.max_image_pixels, 1),
+        max_decode_pixels=_int(env, "MAX_DECODE_PIXELS", defaults.max_decode_pixels, 1),
+        max_image_frames=_int(env, "MAX_IMAGE_FRAMES", defaults.max_image_frames, 1),
         max_request_bytes=_int(env, "MAX_REQUEST_BYTES", defaults.max_request_bytes, 1),
         allowed_image_formats=tuple(
             f.upper() for f in _list(env, "ALLOWED_IMAGE_FORMATS", defaults.allowed_image_formats)

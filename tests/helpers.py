@@ -3,6 +3,11 @@ image, job and key builders live in ``tests.support``."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -51,3 +56,42 @@ def queue_length(broker_url: str, queue: str = "inference") -> int:
         return int(sum(client.llen(k) for k in client.keys(f"{queue}*") if b"unacked" not in k))
     finally:
         client.close()
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_growth(
+    work: Callable[[], object],
+    threads: int,
+    expected: type[Exception] | tuple[type[Exception], ...] = (),
+) -> int:
+    """The highest resident set size seen, minus the one before, while ``threads`` threads run
+    ``work`` at once (sampled from /proc/self/statm every millisecond; ``expected``: exceptions
+    ``work`` may raise)."""
+    baseline, peak, done = rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.001)
+
+    start = threading.Barrier(threads)
+
+    def run() -> None:
+        start.wait()
+        with contextlib.suppress(expected):
+            work()
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    done.set()
+    sampler.join()
+    return max(peak[0], rss()) - baseline

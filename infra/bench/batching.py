@@ -402,10 +402,11 @@ def engine_requests(
     image: bytes, max_tokens: int, n: int, tag: str, prompt: str = PROMPT
 ) -> list[GenerationRequest]:
     """``n`` requests with the service jobs' contents: one user message [image, text]."""
+    from services.storage.images import ImageLimits
     from workers.engines.base import GenerationRequest
     from workers.images import decode_image
 
-    decoded = decode_image(image)
+    decoded = decode_image(image, ImageLimits.from_settings(Settings()))
     message = Message(
         role="user",
         content=(ContentPart(type="image", image_index=0), ContentPart(type="text", text=prompt)),

@@ -88,3 +88,11 @@ def test_settings_usage_defaults():
     assert s.redis_url == "redis://h:1/0"
     s = load_settings({"LOUPE_REDIS_URL": "redis://q:2/3", "LOUPE_CHARGE_FAILED_JOBS": "false"})
     assert s.redis_url == "redis://q:2/3" and s.charge_failed_jobs is False
+
+
+def test_settings_read_the_decode_limits():
+    s = load_settings({"LOUPE_MAX_DECODE_PIXELS": "1000000", "LOUPE_MAX_IMAGE_FRAMES": "8"})
+    assert (s.max_decode_pixels, s.max_image_frames) == (1_000_000, 8)
+    assert load_settings({}).max_decode_pixels == 4096 * 4096
+    with pytest.raises(ConfigurationError):
+        load_settings({"LOUPE_MAX_IMAGE_FRAMES": "0"})

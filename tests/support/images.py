@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import zlib
 from typing import Any
 
 from PIL import Image, ImageDraw
@@ -30,3 +32,40 @@ def image_ref(
     """A PNG's reference, its SHA-256 ``digest`` repeated to 64 hex digits (no object behind it
     unless a test stores one under its ``key``)."""
     return ImageRef(digest * (64 // len(digest)), "image/png", size_bytes, width, height)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_bomb(side: int, *, rgb: bool = True) -> bytes:
+    """A valid, black ``side`` x ``side`` PNG of a few kB to a few hundred kB (8-bit RGB, or 1-bit
+    grey), written row by row so that building it never holds the decoded image."""
+    row_bytes = 3 * side if rgb else (side + 7) // 8
+    packer = zlib.compressobj(9)
+    row = bytes(1 + row_bytes)  # filter type 0, then black pixels
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8 if rgb else 1, 2 if rgb else 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        _png_chunk(kind, body)
+        for kind, body in [(b"IHDR", header), (b"IDAT", idat), (b"IEND", b"")]
+    )
+
+
+def gif_screen_bomb(side: int = 6000) -> bytes:
+    """A 43-byte GIF: one transparent pixel on a ``side`` x ``side`` logical screen, which Pillow
+    decodes to a full-screen image."""
+    screen = struct.pack("<HHBBB", side, side, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    transparent = b"\x21\xf9\x04\x01\x00\x00\x00\x00"
+    one_pixel = b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    return b"GIF89a" + screen + transparent + one_pixel + b"\x3b"
+
+
+def animated_image(frames: int, fmt: str = "GIF", side: int = 16) -> bytes:
+    """An animation of ``frames`` distinct frames (GIF, PNG or WEBP)."""
+    images = [
+        Image.new("RGB", (side, side), (n * 47 % 256, 80, n * 91 % 256)) for n in range(frames)
+    ]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format=fmt, save_all=True, append_images=images[1:])
+    return buffer.getvalue()
