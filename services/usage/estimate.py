@@ -12,6 +12,10 @@ Prompt-token bound, per text part, plus a fixed allowance for the chat template:
 - without one: the part's UTF-8 byte count. Llama 3 (and every byte-level BPE) never makes a
   token of less than one byte, so bytes bound tokens from above.
 
+Text that is not valid Unicode (a lone surrogate, which JSON's ``\ud800`` escape can carry) is
+counted by bytes, a surrogate as the 3 bytes of the U+FFFD that would replace it: the tokenizer
+cannot take it, and the estimate never raises (the request schema refuses such text anyway).
+
 Image tokens: Llama 3.2 Vision puts one ``<|image|>`` token in the prompt per image (the pixels
 go through cross-attention). For architectures whose image token count is not known here, the
 bound is the model's whole context. Any bound is capped at the context length, which the engine
@@ -21,6 +25,7 @@ never exceeds.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +44,7 @@ TEMPLATE_TOKENS = 64
 # <|start_header_id|>role<|end_header_id|>\n\n ... <|eot_id|>
 MESSAGE_TOKENS = 8
 IMAGE_PROMPT_TOKENS = {"MllamaForConditionalGeneration": 1}
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class TextCounter(Protocol):
@@ -56,8 +62,8 @@ class TokenizerFileCounter:
 
     def count(self, spec: ModelSpec, text: str) -> int | None:
         tokenizer = self._load(Path(spec.weights_path) / "tokenizer.json")
-        if tokenizer is None:
-            return None
+        if tokenizer is None or _SURROGATE.search(text):
+            return None  # a lone surrogate makes the tokenizer raise TypeError
         return len(tokenizer.encode(text, add_special_tokens=False).ids)
 
     def _load(self, path: Path) -> Any:
@@ -107,7 +113,7 @@ class CostEstimator:
             text_tokens = sum((c or 0) + 1 for c in counts)
             counted_with = "tokenizer"
         else:
-            text_tokens = sum(len(text.encode("utf-8")) for text in texts)
+            text_tokens = sum(_utf8_length(text) for text in texts)
         bound = TEMPLATE_TOKENS + MESSAGE_TOKENS * len(messages) + text_tokens
         per_image = IMAGE_PROMPT_TOKENS.get(spec.architecture)
         bound = spec.context_length if per_image is None and images else bound
@@ -117,3 +123,8 @@ class CostEstimator:
         return Estimate(
             prompt_tokens_max=prompt_max, cost_max=cost.total, counted_with=counted_with
         )
+
+
+def _utf8_length(text: str) -> int:
+    """Bytes of ``text`` in UTF-8; a lone surrogate counts 3 (as U+FFFD would), never raises."""
+    return len(text.encode("utf-8", "surrogatepass"))

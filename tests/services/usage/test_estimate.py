@@ -61,3 +61,15 @@ def test_estimate_unknown_image_size_takes_the_whole_context():
     estimate = CostEstimator().estimate(spec, _messages(), 1, 8)
     assert estimate.prompt_tokens_max == spec.context_length
     assert estimate.cost_max == Decimal(0)  # the tiny model is free
+
+
+@pytest.mark.parametrize("with_tokenizer", [True, False])
+def test_a_lone_surrogate_is_counted_not_raised(models_dir, with_tokenizer):
+    """The tokenizer raised TypeError on "\\ud800" (and str.encode UnicodeEncodeError): a 500."""
+    build_tiny_mllama(models_dir / "tiny-mllama")
+    spec = build_registry(Settings(models_dir=models_dir)).get(TINY_MODEL)
+    counter = TokenizerFileCounter() if with_tokenizer else None
+    text = "bad \ud800 text"
+    estimate = CostEstimator(counter).estimate(spec, _messages(text), 1, 8)
+    assert estimate.counted_with == "utf8_bytes"  # the tokenizer cannot take it: bytes bound it
+    assert estimate.prompt_tokens_max == 64 + 8 + len("bad \ufffd text".encode()) + 1
