@@ -1,4 +1,11 @@
-"""Request parsing: OpenAI chat-completions JSON and multipart forms → ``SubmitCommand``."""
+"""Request parsing: OpenAI chat-completions JSON and multipart forms → ``SubmitCommand``.
+
+Both forms obey the same rules. Numbers are numbers: JSON ``true`` is not 1, nor ``"5"`` 5, and
+a flag is ``true`` or ``false`` (multipart fields are text, parsed to the field's type first).
+No string that is stored may hold a control character or a lone surrogate (prompt text, system
+text and stop sequences may hold tab, CR and LF): they would reach logs, webhook headers and
+the tokenizer as they came.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,24 @@ import binascii
 import dataclasses
 import json
 import re
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 
+from services.api.body import loads_json
 from services.errors import BadRequest, InvalidInput
 from services.jobs.service import ImageSource, RemoteImage, SubmitCommand, UploadedImage
 from services.jobs.store import Cursor, JobFilter
@@ -23,18 +42,53 @@ _DATA_URL = re.compile(
 )
 
 
+# Control characters (C0, DEL, C1) and lone surrogates; text may keep tab, LF and CR.
+_UNCLEAN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_UNCLEAN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _clean(value: str) -> str:
+    if _UNCLEAN.search(value):
+        raise ValueError("must not contain control characters or lone surrogates")
+    return value
+
+
+def _clean_text(value: str) -> str:
+    if _UNCLEAN_TEXT.search(value):
+        raise ValueError("must not contain control characters (but tab, CR, LF) or lone surrogates")
+    return value
+
+
+def _not_a_bool(value: Any) -> Any:
+    """JSON ``true`` and ``false`` are not the numbers 1 and 0 (Python's bool is an int)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+def _only_false(value: Any) -> Any:
+    """``stream`` is false or absent: 0 is not false."""
+    if value is not False:
+        raise ValueError("only false is accepted")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_clean)]  # identifiers, URLs, metadata: no controls at all
+Text = Annotated[str, AfterValidator(_clean_text)]  # prompt text: tab, CR and LF allowed
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False)
 
 
 class ImageUrl(_Strict):
-    url: str = Field(min_length=1)
+    url: Name = Field(min_length=1)
     detail: Literal["auto", "low", "high"] | None = None
 
 
 class TextPart(_Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ImagePart(_Strict):
@@ -43,7 +97,7 @@ class ImagePart(_Strict):
 
 
 class ImageFile(_Strict):
-    file_id: str = Field(min_length=1, max_length=40)
+    file_id: Name = Field(min_length=1, max_length=40)
 
 
 class ImageFilePart(_Strict):
@@ -58,15 +112,31 @@ Part = Annotated[TextPart | ImagePart | ImageFilePart, Field(discriminator="type
 
 class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant"]
-    content: str | list[Part]
-    name: str | None = None
+    content: Text | list[Part]
+    name: Name | None = None
 
 
 class JsonSchemaSpec(_Strict):
-    name: str = Field(min_length=1, max_length=64)
+    name: Name = Field(min_length=1, max_length=64)
     schema_: dict[str, Any] = Field(alias="schema")
-    description: str | None = None
-    strict: bool | None = None
+    description: Text | None = None
+    strict: StrictBool | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _check_strings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Every key and string in the schema is clean text (the body's depth is bounded)."""
+        pending: list[Any] = [value]
+        while pending:
+            node = pending.pop()
+            if isinstance(node, str):
+                _clean_text(node)
+            elif isinstance(node, dict):
+                pending.extend(node.keys())
+                pending.extend(node.values())
+            elif isinstance(node, list):
+                pending.extend(node)
+        return value
 
 
 class ResponseFormat(_Strict):
@@ -89,23 +159,23 @@ class ResponseFormat(_Strict):
 class Sampling(_Strict):
     """Sampling options shared by the JSON and multipart forms, with OpenAI/vLLM ranges."""
 
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1)
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
-    ignore_eos: bool = False
-    timeout_seconds: int | None = Field(default=None, ge=1)
-    metadata: dict[str, str] | None = None
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    temperature: StrictFloat | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: StrictFloat | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: StrictInt | None = Field(default=None, ge=-1)
+    min_p: StrictFloat | None = Field(default=None, ge=0.0, le=1.0)
+    stop: Text | list[Text] | None = None
+    seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
+    presence_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: StrictFloat | None = Field(default=None, ge=-2.0, le=2.0)
+    repetition_penalty: StrictFloat | None = Field(default=None, gt=0.0, le=2.0)
+    ignore_eos: StrictBool = False
+    timeout_seconds: StrictInt | None = Field(default=None, ge=1)
+    metadata: dict[Name, Name] | None = None
     priority: Priority = Priority.NORMAL
-    ttl_seconds: int | None = Field(default=None, ge=1)
-    webhook: str | None = Field(default=None, min_length=1, max_length=2048)
+    ttl_seconds: StrictInt | None = Field(default=None, ge=1)
+    webhook: Name | None = Field(default=None, min_length=1, max_length=2048)
     webhook_events_filter: list[Literal["start", "completed"]] | None = Field(
         default=None, min_length=1
     )
@@ -160,18 +230,18 @@ class Sampling(_Strict):
 
 
 class ChatJobRequest(Sampling):
-    model: str | None = Field(default=None, min_length=1, max_length=200)  # None: the default
+    model: Name | None = Field(default=None, min_length=1, max_length=200)  # None: the default
     messages: list[ChatMessage] = Field(min_length=1, max_length=64)
     response_format: ResponseFormat | None = None
-    n: Literal[1] | None = None
-    stream: Literal[False] | None = None
-    user: str | None = Field(default=None, max_length=256)
+    n: Annotated[Literal[1], BeforeValidator(_not_a_bool)] | None = None
+    stream: Annotated[Literal[False], BeforeValidator(_only_false)] | None = None
+    user: Name | None = Field(default=None, max_length=256)
 
 
 class FormJobRequest(Sampling):
-    model: str = Field(min_length=1, max_length=200)
-    prompt: str = Field(min_length=1)
-    system: str | None = None
+    model: Name = Field(min_length=1, max_length=200)
+    prompt: Text = Field(min_length=1)
+    system: Text | None = None
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -261,10 +331,40 @@ def parse_json_job(body: Any, owner_id: str, default_model: str) -> SubmitComman
     )
 
 
-_FORM_SCALARS = {
-    "model", "prompt", "system", "max_tokens", "max_completion_tokens", "temperature", "top_p",
-    "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty", "repetition_penalty",
-    "timeout_seconds", "ignore_eos", "priority", "ttl_seconds", "webhook",
+# Multipart fields are text: each becomes its field's type here, so the model's strict number and
+# flag types hold for both forms. Text that does not parse is left for the model to refuse.
+_FORM_INT = re.compile(r"[+-]?[0-9]{1,19}")  # ASCII digits only, and never int()'s digit limit
+_FORM_FLOAT = re.compile(
+    r"[+-]?(?:[0-9]{1,30}\.?[0-9]{0,30}|\.[0-9]{1,30})(?:[eE][+-]?[0-9]{1,3})?"
+)
+_FORM_BOOLS = dict.fromkeys(("true", "t", "yes", "y", "on", "1"), True) | dict.fromkeys(
+    ("false", "f", "no", "n", "off", "0"), False
+)  # pydantic's words for true and false
+
+
+def _form_int(text: str) -> int | str:
+    return int(text) if _FORM_INT.fullmatch(text) else text
+
+
+def _form_float(text: str) -> float | str:
+    return float(text) if _FORM_FLOAT.fullmatch(text) else text
+
+
+def _form_bool(text: str) -> bool | str:
+    return _FORM_BOOLS.get(text.lower(), text)
+
+
+def _form_text(text: str) -> str:
+    return text
+
+
+_FORM_SCALARS: dict[str, Callable[[str], Any]] = {
+    "model": _form_text, "prompt": _form_text, "system": _form_text, "priority": _form_text,
+    "webhook": _form_text, "max_tokens": _form_int, "max_completion_tokens": _form_int,
+    "top_k": _form_int, "seed": _form_int, "timeout_seconds": _form_int, "ttl_seconds": _form_int,
+    "temperature": _form_float, "top_p": _form_float, "min_p": _form_float,
+    "presence_penalty": _form_float, "frequency_penalty": _form_float,
+    "repetition_penalty": _form_float, "ignore_eos": _form_bool,
 }  # fmt: skip
 _FORM_LISTS = {"stop", "webhook_events_filter", "file_id"}
 
@@ -274,13 +374,13 @@ def parse_form_job(
 ) -> SubmitCommand:
     """Multipart: ``image`` file(s) and/or ``file_id`` (uploaded files), ``prompt``, optional
     model and sampling fields."""
-    unknown = set(form) - _FORM_SCALARS - _FORM_LISTS
+    unknown = set(form) - set(_FORM_SCALARS) - _FORM_LISTS
     unknown |= set(files) - {"image"}
     if unknown:
         raise InvalidInput(
             f"Unknown form fields: {', '.join(sorted(unknown))}.", code="invalid_parameter"
         )
-    data: dict[str, Any] = {k: v[-1] for k, v in form.items() if k in _FORM_SCALARS}
+    data = {k: _FORM_SCALARS[k](v[-1]) for k, v in form.items() if k in _FORM_SCALARS}
     data.setdefault("model", model)
     for name in (_FORM_LISTS - {"file_id"}) & set(form):
         data[name] = form[name]
@@ -333,9 +433,19 @@ class ListJobsQuery(_Strict):
     @field_validator("created_after", "created_before")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        """An aware time, in UTC; year 1 at +14:00 (before UTC's year 1) is out of range."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
             raise ValueError("give a timezone, e.g. 2026-11-24T00:00:00Z")
-        return value
+        return _utc(value)
+
+
+def _utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is out of range in UTC") from None
 
 
 _METADATA_PARAM = re.compile(r"^metadata\[(?P<key>[^\]]{1,64})\]$")
@@ -347,13 +457,15 @@ def encode_cursor(cursor: Cursor) -> str:
 
 
 def _decode_cursor(value: str) -> Cursor:
+    """A cursor :func:`encode_cursor` made: base64 of a flat JSON object (deeper is refused before
+    it is walked), its time in range in UTC."""
     try:
-        raw = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+        raw = loads_json(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)), max_depth=1)
         created_at = datetime.fromisoformat(raw["t"])
         if created_at.tzinfo is None or not isinstance(raw["id"], str):
             raise ValueError("bad cursor")
-        return Cursor(created_at=created_at, job_id=raw["id"])
-    except (ValueError, KeyError, TypeError, binascii.Error):
+        return Cursor(created_at=_utc(created_at), job_id=raw["id"])
+    except (BadRequest, ValueError, KeyError, TypeError, binascii.Error):
         raise InvalidInput("cursor is not one this API returned.", code="invalid_cursor") from None
 
 
