@@ -63,7 +63,7 @@ def list_files() -> Response:
     raw = request.args.get("limit", "20")
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
         raise InvalidInput(f"limit must be 1 to {MAX_PAGE}.", code="invalid_parameter")
-    page, has_more = _files().list(current_key().id, int(raw), request.args.get("after"))
+    page, has_more = _files().list(current_key().id, int(raw), _after())
     return jsonify(
         {
             "object": "list",
@@ -72,6 +72,16 @@ def list_files() -> Response:
             "last_id": page[-1].id if page else None,
         }
     )
+
+
+def _after() -> str | None:
+    """``?after=``: a file id, or absent; empty is a 422, as an empty ``cursor`` on /v1/jobs."""
+    after = request.args.get("after")
+    if after == "":
+        raise InvalidInput(
+            "after must be a file id; leave it out for the first page.", code="invalid_parameter"
+        )
+    return after
 
 
 @bp.get("/<file_id>")

@@ -214,3 +214,16 @@ def test_a_multipart_job_names_uploaded_files_with_file_id(client, container, us
         content_type="multipart/form-data",
     )
     assert missing.status_code == 422 and missing.json["error"]["code"] == "file_not_found"
+
+
+def test_an_empty_after_is_422_like_an_empty_jobs_cursor(client, user_key):
+    """``?after=`` was looked up as a file id: a 404 for a parameter the client left empty."""
+    files = client.get("/v1/files?after=", headers=auth(user_key))
+    jobs = client.get("/v1/jobs?cursor=", headers=auth(user_key))
+    assert (files.status_code, files.json["error"]["code"]) == (422, "invalid_parameter")
+    assert jobs.status_code == 422
+
+
+def test_a_long_file_name_is_cut_to_its_last_255_characters(client, user_key):
+    body = upload(client, user_key, make_image(), "a" * 100_000 + ".png").json
+    assert len(body["filename"]) == 255 and body["filename"].endswith("aaa.png")
