@@ -41,7 +41,14 @@ class S3BlobStore:
         self._bucket = bucket
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> S3BlobStore:
+    def from_settings(
+        cls, settings: Settings, *, probe_timeout: float | None = None
+    ) -> S3BlobStore:
+        """The bucket of ``settings``: 5 s to connect, 30 s to read, up to 3 retries; with
+        ``probe_timeout``, no retry and both bounded by it (a readiness probe must answer fast)."""
+        connect, read, retries = (5.0, 30.0, 3)
+        if probe_timeout is not None:
+            connect, read, retries = (probe_timeout, probe_timeout, 0)
         client = boto3.session.Session().client(
             "s3",
             endpoint_url=settings.s3_endpoint_url,
@@ -49,15 +56,26 @@ class S3BlobStore:
             aws_access_key_id=settings.s3_access_key_id,
             aws_secret_access_key=settings.s3_secret_access_key,
             config=Config(
-                connect_timeout=5,
-                read_timeout=30,
-                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=connect,
+                read_timeout=read,
+                retries={"max_attempts": retries, "mode": "standard"},
                 s3={"addressing_style": "path"},
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
             ),
         )
         return cls(client, settings.s3_bucket)
+
+    def close(self) -> None:
+        """Close the client's connection pool."""
+        self._client.close()
+
+    def ping(self) -> None:
+        """Return when the bucket answers; ``Unavailable`` when it does not."""
+        try:
+            self._client.head_bucket(Bucket=self._bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise Unavailable(f"object store unavailable: {exc}") from exc
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
