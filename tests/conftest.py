@@ -19,13 +19,12 @@ from sqlalchemy import create_engine, text
 
 from infra.localstack.servers import RedisServer, S3Server, start_redis, start_seaweed
 from infra.models import build_local_models
-from services.api.app import create_app
 from services.auth.keys import Role
 from services.clock import utcnow
-from services.container import Container, build_container
 from services.db import upgrade_to_head
 from services.db.engine import normalize_url
 from services.settings import Settings, load_settings
+from tests.support.roots import ApiUnderTest, build_test_api
 
 S3_ACCESS_KEY = "loupetest"
 
@@ -217,25 +216,26 @@ def settings(settings_for: Callable[..., Settings]) -> Settings:
 
 
 @pytest.fixture
-def container(settings: Settings) -> Iterator[Container]:
-    c = build_container(settings)
-    yield c
-    c.close()
+def api(settings: Settings) -> Iterator[ApiUnderTest]:
+    """The API root of ``settings``, with handles on its stores (``tests/support/roots.py``)."""
+    parts = build_test_api(settings)
+    yield parts
+    parts.close()
 
 
 @pytest.fixture
-def client(container: Container) -> Any:
-    return create_app(container=container).test_client()
+def client(api: ApiUnderTest) -> Any:
+    return api.client()
 
 
 @pytest.fixture
-def user_key(container: Container) -> str:
-    return container.keys.create("alice", Role.USER, utcnow())[1]
+def user_key(api: ApiUnderTest) -> str:
+    return api.keys.create("alice", Role.USER, utcnow())[1]
 
 
 @pytest.fixture
-def other_key(container: Container) -> str:
-    return container.keys.create("bob", Role.USER, utcnow())[1]
+def other_key(api: ApiUnderTest) -> str:
+    return api.keys.create("bob", Role.USER, utcnow())[1]
 
 
 def auth(key: str) -> dict[str, str]:

@@ -16,6 +16,7 @@ from services.catalog.registry import build_registry
 from services.jobs.queue import INFERENCE_TASK, broker_transport_options
 from services.settings import Settings, load_settings
 from services.webhooks.queue import DELIVER_TASK
+from workers.roots import attach_roots, roots_of
 
 log = logging.getLogger("loupe.worker")
 
@@ -74,6 +75,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     app.conf.loupe_settings = settings
+    attach_roots(app, settings)
     return app
 
 
@@ -84,13 +86,12 @@ def _settings_of(app: Any) -> Settings:
 
 @worker_init.connect
 def _warm_up(sender: Any = None, **_: Any) -> None:
-    """Build the context and load the default model before the first job arrives."""
-    from workers.context import get_worker_context
-
+    """An inference worker builds its root and loads its default model before the first job
+    arrives; a light worker builds its root on its first task."""
     settings = _settings_of(sender.app)
     if not settings.job_queues & set(sender.app.amqp.queues.consume_from):
         return  # e.g. the webhooks worker (-Q webhooks): it never runs a model
-    ctx = get_worker_context(settings)
+    ctx = roots_of(sender.app).inference()
     if settings.default_model not in ctx.registry:
         return
     spec = ctx.registry.get(settings.default_model)
@@ -105,12 +106,8 @@ def _warm_up(sender: Any = None, **_: Any) -> None:
 
 
 @worker_shutdown.connect
-def _shut_down(**_: Any) -> None:
-    from workers.context import close_worker_context
-    from workers.webhooks import close_webhook_context
-
-    close_worker_context()
-    close_webhook_context()
+def _shut_down(sender: Any = None, **_: Any) -> None:
+    roots_of(sender.app).close()
 
 
 @worker_ready.connect

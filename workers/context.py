@@ -1,23 +1,23 @@
-"""What the pipeline needs, built once per worker process from settings."""
+"""The inference worker's composition root: what the pipeline uses, built once per process."""
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
 from collections.abc import Callable
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from services.catalog.registry import ModelRegistry
+from services import wiring
+from services.catalog.registry import ModelRegistry, build_registry
 from services.catalog.spec import ModelSpec
 from services.clock import utcnow
-from services.container import Container, build_container
-from services.jobs.events import JobEvents, NoJobEvents
+from services.jobs.events import JobEvents
 from services.jobs.store import JobStore
 from services.settings import Settings
 from services.storage.blobs import BlobStore
+from services.storage.images import ImageLimits
+from services.webhooks.store import SqlWebhookStore
 from workers.cancel_watcher import CancelWatcher
 from workers.engines.base import Engine
 from workers.engines.factory import EnginePool
@@ -28,56 +28,42 @@ class EngineProvider(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class WorkerContext:
-    settings: Settings
+    """Everything :func:`workers.pipeline.process_job` uses. ``resources`` holds what
+    :func:`build_worker_context` opened (empty for a context a test assembles itself)."""
+
     store: JobStore
     blobs: BlobStore
     registry: ModelRegistry
     engines: EngineProvider
     cancels: CancelWatcher
-    events: JobEvents = field(default_factory=NoJobEvents)
+    events: JobEvents
+    image_limits: ImageLimits
     clock: Callable[[], datetime] = utcnow
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-    container: Container | None = None
+    resources: ExitStack = field(default_factory=ExitStack, repr=False, compare=False)
 
     def close(self) -> None:
-        self.cancels.close()
-        self.engines.close()
-        if self.container is not None:
-            self.container.close()
+        """Release what :func:`build_worker_context` opened, last opened first."""
+        self.resources.close()
 
 
 def build_worker_context(settings: Settings) -> WorkerContext:
-    container = build_container(settings)
-    return WorkerContext(
-        settings=settings,
-        store=container.jobs,
-        blobs=container.blobs,
-        registry=container.registry,
-        engines=EnginePool(settings),
-        cancels=CancelWatcher(container.jobs, settings.cancel_poll_ms / 1000),
-        events=container.events,
-        container=container,
-    )
-
-
-_context: WorkerContext | None = None
-_context_lock = threading.Lock()
-
-
-def get_worker_context(settings: Settings) -> WorkerContext:
-    """The process-wide context (built on first use, or at worker start by ``celery_app``)."""
-    global _context
-    with _context_lock:
-        if _context is None:
-            _context = build_worker_context(settings)
-        return _context
-
-
-def close_worker_context() -> None:
-    global _context
-    with _context_lock:
-        if _context is not None:
-            _context.close()
-            _context = None
+    """SQL, S3, the job events (pub/sub and webhooks) and the engines; no model is loaded
+    until the first job (or the worker's warm-up) asks for one."""
+    with ExitStack() as stack:
+        engine = wiring.sql_engine(stack, settings.database_url)
+        store = wiring.job_store(engine, charge_failed_jobs=settings.charge_failed_jobs)
+        hooks = wiring.webhook_producer(stack, settings)
+        return WorkerContext(
+            store=store,
+            blobs=wiring.s3_blobs(stack, settings),
+            registry=build_registry(settings),
+            engines=stack.enter_context(closing(EnginePool(settings))),
+            cancels=stack.enter_context(
+                closing(CancelWatcher(store, settings.cancel_poll_ms / 1000))
+            ),
+            events=wiring.job_events(stack, settings, SqlWebhookStore(engine), hooks),
+            image_limits=ImageLimits.from_settings(settings),
+            resources=stack.pop_all(),  # last: everything above registered its release
+        )

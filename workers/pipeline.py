@@ -18,7 +18,6 @@ from datetime import timedelta
 
 from services.errors import EngineError, InvalidInput, LoupeError, NotFound, Unavailable
 from services.jobs.types import Job
-from services.storage.images import ImageLimits
 from workers.context import WorkerContext
 from workers.engines.base import GenerationRequest, GenerationResult
 from workers.images import decode_image
@@ -125,8 +124,7 @@ class _Stop:
 
 def _run(job: Job, ctx: WorkerContext) -> tuple[GenerationResult, str | None]:
     spec = ctx.registry.get(job.model)
-    limits = ImageLimits.from_settings(ctx.settings)
-    images = [decode_image(ctx.blobs.get(ref.key), limits) for ref in job.images]
+    images = [decode_image(ctx.blobs.get(ref.key), ctx.image_limits) for ref in job.images]
     engine = ctx.engines.get(spec)
     request = GenerationRequest(
         request_id=job.id, messages=job.messages, images=images, params=job.params

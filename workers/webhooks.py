@@ -22,13 +22,11 @@ import enum
 import json
 import logging
 import random
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from services.clock import utcnow
-from services.container import Container, build_container
 from services.errors import NotFound
 from services.net.webhook_urls import Resolver, system_resolver
 from services.settings import Settings
@@ -57,8 +55,10 @@ class DeliveryOutcome(enum.StrEnum):
     SKIPPED = "skipped"  # stale or duplicate message
 
 
-@dataclass
+@dataclass(frozen=True)
 class WebhookContext:
+    """What :func:`deliver` uses (the light worker's root builds it)."""
+
     settings: Settings
     store: WebhookStore
     queue: WebhookQueue
@@ -67,11 +67,6 @@ class WebhookContext:
     jitter: Callable[[float], float] = field(
         default=lambda delay: delay * random.uniform(1 - JITTER, 1 + JITTER)
     )
-    container: Container | None = None
-
-    def close(self) -> None:
-        if self.container is not None:
-            self.container.close()
 
 
 def deliver(event_id: str, attempt: int, ctx: WebhookContext) -> DeliveryOutcome:
@@ -168,38 +163,3 @@ def _wait_for(
     ctx.queue.enqueue_delivery(
         event.id, attempt, countdown=min(max(wait, 1.0), ORDER_RECHECK_MAX_S)
     )
-
-
-# --------------------------------------------------------------------------- process context
-
-_context: WebhookContext | None = None
-_context_lock = threading.Lock()
-
-
-def build_webhook_context(settings: Settings) -> WebhookContext:
-    container = build_container(settings)
-    assert container.webhook_store is not None
-    assert container.webhook_queue is not None
-    return WebhookContext(
-        settings=settings,
-        store=container.webhook_store,
-        queue=container.webhook_queue,
-        container=container,
-    )
-
-
-def get_webhook_context(settings: Settings) -> WebhookContext:
-    """The process-wide delivery context (no engines, no model: the webhooks worker is light)."""
-    global _context
-    with _context_lock:
-        if _context is None:
-            _context = build_webhook_context(settings)
-        return _context
-
-
-def close_webhook_context() -> None:
-    global _context
-    with _context_lock:
-        if _context is not None:
-            _context.close()
-            _context = None

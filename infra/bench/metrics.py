@@ -38,15 +38,15 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import insert
+from sqlalchemy import Engine, insert
 
 from infra.localstack.servers import start_redis
 from services.admin.heartbeats import RedisHeartbeats
 from services.admin.types import WorkerInfo
 from services.api.app import create_app
-from services.auth.keys import Role
-from services.container import build_container
-from services.db import upgrade_to_head
+from services.api.root import build_api
+from services.auth.keys import Role, SqlKeyStore
+from services.db import make_engine, upgrade_to_head
 from services.db.schema import jobs
 from services.jobs.queue import priority_queue_names
 from services.settings import load_settings
@@ -88,17 +88,17 @@ def _job_row(i: int, owner: str, now: datetime, status: str, priority: Priority)
     return row
 
 
-def populate(settings: Any, container: Any, queued: int, finished: int) -> None:
+def populate(settings: Any, engine: Engine, queued: int, finished: int) -> None:
     """Jobs in SQL, messages in the Redis lists, four worker heartbeats."""
     now = datetime.now(UTC)
-    owner = container.keys.create("bench", Role.USER, now)[0].id
+    owner = SqlKeyStore(engine).create("bench", Role.USER, now)[0].id
     cycle = [Priority.HIGH] + [Priority.NORMAL] * 8 + [Priority.LOW]
     rows = [_job_row(i, owner, now, "queued", cycle[i % 10]) for i in range(queued)]
     rows += [
         _job_row(i, owner, now, "failed" if i % 50 == 0 else "succeeded", Priority.NORMAL)
         for i in range(finished)
     ]
-    with container.db_engine.begin() as conn:
+    with engine.begin() as conn:
         for start in range(0, len(rows), 5000):
             conn.execute(insert(jobs), rows[start : start + 5000])
     client = redis.Redis.from_url(settings.broker_url)
@@ -146,14 +146,15 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "LOUPE_METRICS_CACHE_MS": str(args.cache_ms),
             "LOUPE_S3_ENDPOINT_URL": "http://127.0.0.1:9",  # never called here
         })  # fmt: skip
-        container = build_container(settings)
+        engine = make_engine(db_url)
+        root = build_api(settings, engine=engine)
         try:
             t0 = time.perf_counter()
-            populate(settings, container, args.queued, args.finished)
+            populate(settings, engine, args.queued, args.finished)
             print(f"populated {args.queued} queued + {args.finished} finished jobs and "
                   f"{args.queued} messages in {time.perf_counter() - t0:.1f} s")  # fmt: skip
-            admin = container.keys.create("bench-admin", Role.ADMIN, datetime.now(UTC))[1]
-            client = create_app(container=container).test_client()
+            admin = root.keys.create("bench-admin", Role.ADMIN, datetime.now(UTC))[1]
+            client = create_app(root).test_client()
             first = _time(client, "/metrics", 1, {})[0]
             body = client.get("/metrics").get_data(as_text=True)
             depth = sum(
@@ -168,7 +169,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 client, "/v1/admin/queues", args.scrapes, {"Authorization": f"Bearer {admin}"}
             )
         finally:
-            container.close()
+            root.close()
+            engine.dispose()
     finally:
         server.stop()
     print(f"\n{'endpoint':<20} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")

@@ -10,38 +10,36 @@ from flask import Blueprint, Response, jsonify, render_template
 
 from services.admin.monitor import Monitor
 from services.admin.presenter import snapshot_to_public
-from services.api.auth import authenticate_request, container, require_admin
-from services.errors import Unavailable
-
-api_bp = Blueprint("admin_api", __name__, url_prefix="/v1/admin")
-api_bp.before_request(authenticate_request)
-api_bp.before_request(require_admin)
-
-page_bp = Blueprint(
-    "admin_page",
-    __name__,
-    url_prefix="/admin",
-    template_folder="templates",
-    static_folder="static/admin",
-    static_url_path="/static",
-)
+from services.api.auth import Authenticate, require_admin
 
 # How often the dashboard polls /v1/admin/queues.
 POLL_MS = 3000
 
 
-def monitor() -> Monitor:
-    m = container().monitor
-    if m is None:
-        raise Unavailable("Monitoring is not configured on this server.", code="no_monitor")
-    return m
+def api_blueprint(monitor: Monitor, authenticate: Authenticate) -> Blueprint:
+    bp = Blueprint("admin_api", __name__, url_prefix="/v1/admin")
+    bp.before_request(authenticate)
+    bp.before_request(require_admin)
+
+    @bp.get("/queues")
+    def queues() -> Response:
+        return jsonify(snapshot_to_public(monitor.snapshot()))
+
+    return bp
 
 
-@api_bp.get("/queues")
-def queues() -> Response:
-    return jsonify(snapshot_to_public(monitor().snapshot()))
+def page_blueprint() -> Blueprint:
+    bp = Blueprint(
+        "admin_page",
+        __name__,
+        url_prefix="/admin",
+        template_folder="templates",
+        static_folder="static/admin",
+        static_url_path="/static",
+    )
 
+    @bp.get("")
+    def dashboard() -> str:
+        return render_template("admin.html", poll_ms=POLL_MS)
 
-@page_bp.get("")
-def dashboard() -> str:
-    return render_template("admin.html", poll_ms=POLL_MS)
+    return bp

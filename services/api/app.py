@@ -8,37 +8,48 @@ from typing import Any
 
 from flask import Flask
 
-from services.api import files, health, jobs, models, openai_compat, usage, webhooks
-from services.api.admin import api_bp as admin_api_bp
-from services.api.admin import page_bp as admin_page_bp
+from services.api import admin, files, health, jobs, metrics, models, openai_compat, usage, webhooks
+from services.api.auth import authenticator
 from services.api.errors import register_error_handlers
-from services.api.metrics import bp as metrics_bp
-from services.container import Container, build_container
+from services.api.root import ApiRoot
+from services.api.waiting import Waiting
 from services.errors import NotFound
-from services.settings import Settings, load_settings
 
 
-def create_app(settings: Settings | None = None, *, container: Container | None = None) -> Flask:
-    """Build the API. Pass a ``container`` to reuse adapters (tests), else one is built."""
-    settings = settings or (container.settings if container else load_settings())
+def create_app(root: ApiRoot) -> Flask:
+    """The API over ``root``: each blueprint is handed the parts of the root it uses.
+    The caller keeps ``root`` and closes it when the app is done with."""
+    settings = root.settings
     app = Flask("loupe")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["loupe"] = container or build_container(settings)
     logging.getLogger("loupe").setLevel(settings.log_level)
     register_error_handlers(app)
     app.url_value_preprocessor(_refuse_odd_ids)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(jobs.bp)
-    app.register_blueprint(files.bp)
-    app.register_blueprint(models.bp)
-    app.register_blueprint(usage.bp)
-    app.register_blueprint(webhooks.bp)
-    app.register_blueprint(admin_api_bp)
-    app.register_blueprint(admin_page_bp)
-    app.register_blueprint(metrics_bp)
-    app.register_blueprint(openai_compat.bp)
+    _register_blueprints(app, root)
     return app
+
+
+def _register_blueprints(app: Flask, root: ApiRoot) -> None:
+    settings = root.settings
+    authenticate = authenticator(root.keys)
+    waiting = Waiting(root.waiter, root.jobs, settings.max_wait_seconds)
+    chat_timeout = min(settings.chat_completions_timeout_seconds, settings.max_wait_seconds)
+    for bp in (
+        health.blueprint(root.readiness),
+        jobs.blueprint(root.jobs, waiting, settings.default_model, authenticate),
+        files.blueprint(root.files, authenticate),
+        models.blueprint(root.registry, authenticate),
+        usage.blueprint(root.usage, root.quotas, authenticate),
+        webhooks.blueprint(root.webhooks, authenticate),
+        admin.api_blueprint(root.monitor, authenticate),
+        admin.page_blueprint(),
+        metrics.blueprint(root.monitor, settings.metrics_token),
+        openai_compat.blueprint(
+            root.jobs, root.waiter, settings.default_model, chat_timeout, authenticate
+        ),
+    ):
+        app.register_blueprint(bp)
 
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

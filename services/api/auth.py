@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
-from flask import current_app, g, request
+from collections.abc import Callable
 
-from services.auth.keys import ApiKey, Role
-from services.container import Container
+from flask import g, request
+
+from services.auth.keys import ApiKey, KeyStore, Role
 from services.errors import Forbidden, Unauthenticated
 
-
-def container() -> Container:
-    c: Container = current_app.extensions["loupe"]
-    return c
+Authenticate = Callable[[], None]
+"""Sets ``g.api_key`` from the request's bearer key, or raises 401."""
 
 
-def authenticate_request() -> None:
-    """``before_request`` hook: sets ``g.api_key`` or raises 401."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated(
-            "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
-        )
-    g.api_key = container().keys.authenticate(token.strip())
+def authenticator(keys: KeyStore) -> Authenticate:
+    """The ``before_request`` hook that checks bearer keys against ``keys``."""
+
+    def authenticate_request() -> None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated(
+                "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
+            )
+        g.api_key = keys.authenticate(token.strip())
+
+    return authenticate_request
 
 
 def current_key() -> ApiKey:
+    """The key :func:`authenticator`'s hook accepted for this request."""
     key: ApiKey = g.api_key
     return key
 

@@ -5,73 +5,88 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from services.api.auth import authenticate_request, container, current_key
+from services.api.auth import Authenticate, current_key
 from services.errors import InvalidInput, UnsupportedMediaType
 from services.files.service import FileService, file_to_public
 from services.files.store import StoredFile
 
-bp = Blueprint("files", __name__, url_prefix="/v1/files")
-bp.before_request(authenticate_request)
-
 MAX_PAGE = 100
 
 
-def _files() -> FileService:
-    files = container().files
-    if files is None:
-        raise RuntimeError("the container has no file service")
-    return files
+def blueprint(files: FileService, authenticate: Authenticate) -> Blueprint:
+    """The file routes over ``files``."""
+    bp = Blueprint("files", __name__, url_prefix="/v1/files")
+    bp.before_request(authenticate)
 
+    def public(file: StoredFile) -> dict[str, object]:
+        return file_to_public(file, files.expires_at(file))
 
-def _public(file: StoredFile) -> dict[str, object]:
-    return file_to_public(file, _files().expires_at(file))
+    @bp.post("")
+    def upload_file() -> tuple[Response, int, dict[str, str]]:
+        """multipart/form-data with one ``file`` field (an image)."""
+        if request.mimetype != "multipart/form-data":
+            raise UnsupportedMediaType(
+                "Upload a file as multipart/form-data with a `file` field.",
+                code="unsupported_media_type",
+            )
+        unknown = (set(request.form) | set(request.files)) - {"file", "purpose"}
+        if unknown:
+            raise InvalidInput(
+                f"Unknown form fields: {', '.join(sorted(unknown))}.", code="invalid_parameter"
+            )
+        uploads = request.files.getlist("file")
+        if len(uploads) != 1:
+            raise InvalidInput("Send exactly one `file` field.", code="invalid_parameter")
+        upload = uploads[0]
+        try:
+            data = upload.read()
+        finally:
+            upload.close()  # a large part spills to a temporary file: close it now
+        file = files.upload(current_key().id, data, upload.filename)
+        return jsonify(public(file)), 201, {"Location": f"/v1/files/{file.id}"}
 
-
-@bp.post("")
-def upload_file() -> tuple[Response, int, dict[str, str]]:
-    """multipart/form-data with one ``file`` field (an image)."""
-    if request.mimetype != "multipart/form-data":
-        raise UnsupportedMediaType(
-            "Upload a file as multipart/form-data with a `file` field.",
-            code="unsupported_media_type",
+    @bp.get("")
+    def list_files() -> Response:
+        """The key's files, newest first: ``?limit=`` (1-100, default 20) and
+        ``?after=<file id>``."""
+        unknown = set(request.args) - {"limit", "after"}
+        if unknown:
+            raise InvalidInput(
+                f"Unknown query parameters: {', '.join(sorted(unknown))}.", code="invalid_parameter"
+            )
+        raw = request.args.get("limit", "20")
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
+            raise InvalidInput(f"limit must be 1 to {MAX_PAGE}.", code="invalid_parameter")
+        page, has_more = files.list(current_key().id, int(raw), _after())
+        return jsonify(
+            {
+                "object": "list",
+                "data": [public(file) for file in page],
+                "has_more": has_more,
+                "last_id": page[-1].id if page else None,
+            }
         )
-    unknown = (set(request.form) | set(request.files)) - {"file", "purpose"}
-    if unknown:
-        raise InvalidInput(
-            f"Unknown form fields: {', '.join(sorted(unknown))}.", code="invalid_parameter"
-        )
-    uploads = request.files.getlist("file")
-    if len(uploads) != 1:
-        raise InvalidInput("Send exactly one `file` field.", code="invalid_parameter")
-    upload = uploads[0]
-    try:
-        data = upload.read()
-    finally:
-        upload.close()  # a large part spills to a temporary file: close it now
-    file = _files().upload(current_key().id, data, upload.filename)
-    return jsonify(_public(file)), 201, {"Location": f"/v1/files/{file.id}"}
 
+    @bp.get("/<file_id>")
+    def get_file(file_id: str) -> Response:
+        return jsonify(public(files.get(current_key().id, file_id)))
 
-@bp.get("")
-def list_files() -> Response:
-    """The key's files, newest first: ``?limit=`` (1-100, default 20) and ``?after=<file id>``."""
-    unknown = set(request.args) - {"limit", "after"}
-    if unknown:
-        raise InvalidInput(
-            f"Unknown query parameters: {', '.join(sorted(unknown))}.", code="invalid_parameter"
+    @bp.get("/<file_id>/content")
+    def file_content(file_id: str) -> Response:
+        """The file's image bytes, as uploaded."""
+        file, data = files.content(current_key().id, file_id)
+        return Response(
+            data,
+            mimetype=file.image.content_type,
+            headers={"Cache-Control": "private, max-age=3600", "ETag": f'"{file.image.sha256}"'},
         )
-    raw = request.args.get("limit", "20")
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
-        raise InvalidInput(f"limit must be 1 to {MAX_PAGE}.", code="invalid_parameter")
-    page, has_more = _files().list(current_key().id, int(raw), _after())
-    return jsonify(
-        {
-            "object": "list",
-            "data": [_public(file) for file in page],
-            "has_more": has_more,
-            "last_id": page[-1].id if page else None,
-        }
-    )
+
+    @bp.delete("/<file_id>")
+    def delete_file(file_id: str) -> Response:
+        files.delete(current_key().id, file_id)
+        return jsonify({"id": file_id, "object": "file", "deleted": True})
+
+    return bp
 
 
 def _after() -> str | None:
@@ -82,25 +97,3 @@ def _after() -> str | None:
             "after must be a file id; leave it out for the first page.", code="invalid_parameter"
         )
     return after
-
-
-@bp.get("/<file_id>")
-def get_file(file_id: str) -> Response:
-    return jsonify(_public(_files().get(current_key().id, file_id)))
-
-
-@bp.get("/<file_id>/content")
-def file_content(file_id: str) -> Response:
-    """The file's image bytes, as uploaded."""
-    file, data = _files().content(current_key().id, file_id)
-    return Response(
-        data,
-        mimetype=file.image.content_type,
-        headers={"Cache-Control": "private, max-age=3600", "ETag": f'"{file.image.sha256}"'},
-    )
-
-
-@bp.delete("/<file_id>")
-def delete_file(file_id: str) -> Response:
-    _files().delete(current_key().id, file_id)
-    return jsonify({"id": file_id, "object": "file", "deleted": True})

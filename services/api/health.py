@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
-from sqlalchemy import text
 
-from services.api.auth import container
-from services.db.session import reading
-
-bp = Blueprint("health", __name__)
+from services.admin.readiness import Readiness
+from services.errors import Unavailable
 
 
-@bp.get("/healthz")
-def healthz() -> Response:
-    return jsonify({"status": "ok"})
+def blueprint(readiness: Readiness) -> Blueprint:
+    """``/healthz``: the process answers. ``/readyz``: and it reaches every system it needs
+    (200), or a 503 whose code and message name the first one that did not answer."""
+    bp = Blueprint("health", __name__)
 
+    @bp.get("/healthz")
+    def healthz() -> Response:
+        return jsonify({"status": "ok"})
 
-@bp.get("/readyz")
-def readyz() -> Response:
-    engine = container().db_engine
-    if engine is not None:
-        with reading(engine) as conn:
-            conn.execute(text("SELECT 1"))
-    return jsonify({"status": "ready"})
+    @bp.get("/readyz")
+    def readyz() -> Response:
+        failing = readiness.failing()
+        if failing is not None:
+            code = failing.lower().replace(" ", "_") + "_unavailable"
+            raise Unavailable(f"Not ready: {failing} did not answer.", code=code)
+        return jsonify({"status": "ready"})
+
+    return bp

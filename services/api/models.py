@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from services.api.auth import authenticate_request, container
-
-bp = Blueprint("models", __name__, url_prefix="/v1/models")
-bp.before_request(authenticate_request)
+from services.api.auth import Authenticate
+from services.catalog.registry import ModelRegistry
 
 
-@bp.get("")
-def list_models() -> Response:
-    return jsonify({"object": "list", "data": [s.to_public() for s in container().registry]})
+def blueprint(registry: ModelRegistry, authenticate: Authenticate) -> Blueprint:
+    bp = Blueprint("models", __name__, url_prefix="/v1/models")
+    bp.before_request(authenticate)
+
+    @bp.get("")
+    def list_models() -> Response:
+        return jsonify({"object": "list", "data": [s.to_public() for s in registry]})
+
+    return bp

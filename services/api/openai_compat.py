@@ -28,16 +28,15 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from services.api.auth import authenticate_request, container, current_key
+from services.api.auth import Authenticate, current_key
 from services.api.body import json_body
 from services.api.schemas import parse_json_job
 from services.errors import BadRequest, InvalidInput, Unavailable, UnsupportedMediaType
 from services.jobs.presenter import job_to_public
+from services.jobs.service import JobService
 from services.jobs.types import Job
+from services.jobs.waiting import JobWaiter
 from services.types import JobStatus
-
-bp = Blueprint("openai_compat", __name__, url_prefix="/v1/chat")
-bp.before_request(authenticate_request)
 
 # Failure codes the worker records when the job's own input was at fault (else: engine fault).
 INPUT_ERROR_CODES = frozenset(
@@ -45,31 +44,42 @@ INPUT_ERROR_CODES = frozenset(
 )
 
 
-@bp.post("/completions")
-def create_chat_completion() -> Response:
-    body = _json_body()
-    if body.get("stream") is True:
-        raise InvalidInput(
-            "stream: true is not supported: Loupe answers once the job has finished. "
-            "Leave stream unset, or submit to POST /v1/jobs and poll or use a webhook.",
-            code="unsupported_parameter",
-        )
-    c = container()
-    slot = c.waiter.acquire() if c.waiter is not None else None
-    if slot is None:
-        raise Unavailable(
-            "Too many requests are waiting on this API process; retry shortly, or submit to "
-            "POST /v1/jobs and poll.",
-            code="too_many_waiters",
-        )
-    with slot:
-        owner_id = current_key().id
-        job = c.job_service.submit(parse_json_job(body, owner_id, c.settings.default_model))
-        timeout = min(c.settings.chat_completions_timeout_seconds, c.settings.max_wait_seconds)
-        job = slot.wait(job.id, lambda: c.job_service.get(job.id, owner_id), timeout)
-    if job.status is JobStatus.SUCCEEDED:
-        return jsonify(chat_completion(job))
-    return _job_error(job, timeout)
+def blueprint(
+    service: JobService,
+    waiter: JobWaiter,
+    default_model: str,
+    timeout: int,
+    authenticate: Authenticate,
+) -> Blueprint:
+    """``/v1/chat/completions`` over ``service``, waiting in ``waiter`` ``timeout`` s at most."""
+    bp = Blueprint("openai_compat", __name__, url_prefix="/v1/chat")
+    bp.before_request(authenticate)
+
+    @bp.post("/completions")
+    def create_chat_completion() -> Response:
+        body = _json_body()
+        if body.get("stream") is True:
+            raise InvalidInput(
+                "stream: true is not supported: Loupe answers once the job has finished. "
+                "Leave stream unset, or submit to POST /v1/jobs and poll or use a webhook.",
+                code="unsupported_parameter",
+            )
+        slot = waiter.acquire()
+        if slot is None:
+            raise Unavailable(
+                "Too many requests are waiting on this API process; retry shortly, or submit "
+                "to POST /v1/jobs and poll.",
+                code="too_many_waiters",
+            )
+        with slot:
+            owner_id = current_key().id
+            job = service.submit(parse_json_job(body, owner_id, default_model))
+            job = slot.wait(job.id, lambda: service.get(job.id, owner_id), timeout)
+        if job.status is JobStatus.SUCCEEDED:
+            return jsonify(chat_completion(job))
+        return _job_error(job, timeout)
+
+    return bp
 
 
 def _json_body() -> dict[str, Any]:

@@ -14,32 +14,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from flask import request
 
-from services.api.auth import container, current_key
+from services.api.auth import current_key
 from services.errors import InvalidInput
+from services.jobs.service import JobService
 from services.jobs.types import Job
+from services.jobs.waiting import JobWaiter
 
 PREFERENCE_APPLIED = "Preference-Applied"
-
-
-def requested_wait() -> float | None:
-    """The ``wait`` query parameter in seconds; None when absent; InvalidInput when invalid."""
-    raw = request.args.get("wait")
-    if raw is None:
-        return None
-    limit = container().settings.max_wait_seconds
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and 0 < seconds <= limit):
-        raise InvalidInput(
-            f"wait must be a number of seconds greater than 0 and at most {limit}; got {raw!r}.",
-            code="invalid_wait",
-        )
-    return seconds
 
 
 def parse_prefer_wait(headers: Iterable[str]) -> int | None:
@@ -59,32 +44,55 @@ def parse_prefer_wait(headers: Iterable[str]) -> int | None:
     return None
 
 
-def wait_for_job(job: Job, seconds: float) -> tuple[Job, bool]:
-    """``job`` once terminal or after ``seconds``, and whether the wait was honoured.
+@dataclass(frozen=True)
+class Waiting:
+    """Waits for the request's key's jobs in this process's ``waiter``, ``max_seconds`` at most."""
 
-    Not honoured (returned as is) when this process has no free waiter slot.
-    """
-    if job.status.terminal:
+    waiter: JobWaiter
+    jobs: JobService
+    max_seconds: int
+
+    def requested_wait(self) -> float | None:
+        """The ``wait`` query parameter in seconds; None when absent; InvalidInput when invalid."""
+        raw = request.args.get("wait")
+        if raw is None:
+            return None
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and 0 < seconds <= self.max_seconds):
+            raise InvalidInput(
+                f"wait must be a number of seconds greater than 0 and at most "
+                f"{self.max_seconds}; got {raw!r}.",
+                code="invalid_wait",
+            )
+        return seconds
+
+    def wait_for_job(self, job: Job, seconds: float) -> tuple[Job, bool]:
+        """``job`` once terminal or after ``seconds``, and whether the wait was honoured.
+
+        Not honoured (returned as is) when this process has no free waiter slot.
+        """
+        if job.status.terminal:
+            return job, True
+        slot = self.waiter.acquire()
+        if slot is None:
+            return job, False
+        owner_id = current_key().id
+        with slot:
+            job = slot.wait(job.id, lambda: self.jobs.get(job.id, owner_id), seconds)
         return job, True
-    c = container()
-    slot = c.waiter.acquire() if c.waiter is not None else None
-    if slot is None:
-        return job, False
-    owner_id = current_key().id
-    with slot:
-        job = slot.wait(job.id, lambda: c.job_service.get(job.id, owner_id), seconds)
-    return job, True
 
+    def apply_prefer_wait(self, job: Job) -> tuple[Job, int, dict[str, str]]:
+        """After a submit: (job, status, extra headers) honouring ``Prefer: wait=N``.
 
-def apply_prefer_wait(job: Job) -> tuple[Job, int, dict[str, str]]:
-    """After a submit: (job, status, extra headers) honouring ``Prefer: wait=N``.
-
-    200 with the job when it is terminal within the wait, else 202 (the usual answer).
-    """
-    preferred = parse_prefer_wait(request.headers.getlist("Prefer"))
-    if not preferred:
-        return job, 202, {}
-    seconds = min(preferred, container().settings.max_wait_seconds)
-    job, honoured = wait_for_job(job, seconds)
-    headers = {PREFERENCE_APPLIED: f"wait={seconds}"} if honoured else {}
-    return job, 200 if job.status.terminal else 202, headers
+        200 with the job when it is terminal within the wait, else 202 (the usual answer).
+        """
+        preferred = parse_prefer_wait(request.headers.getlist("Prefer"))
+        if not preferred:
+            return job, 202, {}
+        seconds = min(preferred, self.max_seconds)
+        job, honoured = self.wait_for_job(job, seconds)
+        headers = {PREFERENCE_APPLIED: f"wait={seconds}"} if honoured else {}
+        return job, 200 if job.status.terminal else 202, headers

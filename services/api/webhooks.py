@@ -6,21 +6,10 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from services.api.auth import authenticate_request, container, current_key
+from services.api.auth import Authenticate, current_key
 from services.clock import timestamp
-from services.errors import Unavailable
 from services.webhooks.service import EventLog, WebhookService
 from services.webhooks.types import DeliveryAttempt, WebhookSecret
-
-bp = Blueprint("webhooks", __name__, url_prefix="/v1")
-bp.before_request(authenticate_request)
-
-
-def _service() -> WebhookService:
-    service = container().webhooks
-    if service is None:
-        raise Unavailable("webhooks are not configured")
-    return service
 
 
 def _secret_json(secret: WebhookSecret) -> dict[str, Any]:
@@ -61,22 +50,26 @@ def _event_json(log: EventLog) -> dict[str, Any]:
     }
 
 
-@bp.get("/webhook-secret")
-def get_secret() -> Response:
-    return jsonify(_secret_json(_service().secret(current_key().id)))
+def blueprint(service: WebhookService, authenticate: Authenticate) -> Blueprint:
+    """The key's signing secret and a job's delivery log, over ``service``."""
+    bp = Blueprint("webhooks", __name__, url_prefix="/v1")
+    bp.before_request(authenticate)
 
+    @bp.get("/webhook-secret")
+    def get_secret() -> Response:
+        return jsonify(_secret_json(service.secret(current_key().id)))
 
-@bp.post("/webhook-secret/rotate")
-def rotate_secret() -> Response:
-    return jsonify(_secret_json(_service().rotate(current_key().id)))
+    @bp.post("/webhook-secret/rotate")
+    def rotate_secret() -> Response:
+        return jsonify(_secret_json(service.rotate(current_key().id)))
 
+    @bp.get("/jobs/<job_id>/webhook-deliveries")
+    def list_deliveries(job_id: str) -> Response:
+        logs = service.deliveries(job_id, current_key().id)
+        return jsonify({"object": "list", "data": [_event_json(log) for log in logs]})
 
-@bp.get("/jobs/<job_id>/webhook-deliveries")
-def list_deliveries(job_id: str) -> Response:
-    logs = _service().deliveries(job_id, current_key().id)
-    return jsonify({"object": "list", "data": [_event_json(log) for log in logs]})
+    @bp.post("/jobs/<job_id>/webhook-deliveries/redeliver")
+    def redeliver(job_id: str) -> tuple[Response, int]:
+        return jsonify(_event_json(service.redeliver(job_id, current_key().id))), 202
 
-
-@bp.post("/jobs/<job_id>/webhook-deliveries/redeliver")
-def redeliver(job_id: str) -> tuple[Response, int]:
-    return jsonify(_event_json(_service().redeliver(job_id, current_key().id))), 202
+    return bp

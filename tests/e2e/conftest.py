@@ -23,14 +23,13 @@ from infra.localstack.parts import (
 )
 from infra.localstack.servers import RedisServer, S3Server, ServerProcess
 from infra.models import build_local_models
-from services.api.app import create_app
 from services.auth.keys import Role
 from services.clock import utcnow
-from services.container import Container, build_container
 from services.db import upgrade_to_head
 from services.db.schema import usage_ledger
 from services.settings import Settings, load_settings
 from tests.conftest import make_bucket
+from tests.support.roots import ApiUnderTest, build_test_api
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,10 +72,9 @@ def wait_until(check: Any, timeout: float, what: str, interval: float = 0.25) ->
         time.sleep(interval)
 
 
-def ledger_rows(container: Container, job_id: str) -> list[Any]:
+def ledger_rows(api: ApiUnderTest, job_id: str) -> list[Any]:
     """The usage-ledger rows of one job (one, when it was billed once)."""
-    assert container.db_engine is not None
-    with container.db_engine.connect() as conn:
+    with api.db_engine.connect() as conn:
         query = select(usage_ledger).where(usage_ledger.c.job_id == job_id)
         return list(conn.execute(query).mappings().all())
 
@@ -120,20 +118,20 @@ def e2e_settings(e2e_env: dict[str, str]) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def e2e_container(e2e_settings: Settings) -> Iterator[Container]:
-    c = build_container(e2e_settings)
+def e2e_api(e2e_settings: Settings) -> Iterator[ApiUnderTest]:
+    c = build_test_api(e2e_settings)
     yield c
     c.close()
 
 
 @pytest.fixture(scope="session")
-def e2e_client(e2e_container: Container) -> Any:
-    return create_app(container=e2e_container).test_client()
+def e2e_client(e2e_api: ApiUnderTest) -> Any:
+    return e2e_api.client()
 
 
 @pytest.fixture(scope="session")
-def e2e_key(e2e_container: Container) -> str:
-    return e2e_container.keys.create("e2e", Role.USER, utcnow())[1]
+def e2e_key(e2e_api: ApiUnderTest) -> str:
+    return e2e_api.keys.create("e2e", Role.USER, utcnow())[1]
 
 
 def start_webhook_worker(env: dict[str, str], log: Path, name: str) -> ServerProcess:
@@ -172,10 +170,10 @@ def admin_api(admin_env: dict[str, str], tmp_path_factory: Any) -> Iterator[str]
 @pytest.fixture(scope="session")
 def admin_keys(admin_env: dict[str, str]) -> tuple[str, str]:
     """(user key, admin key) of the admin stack."""
-    container = build_container(load_settings(admin_env))
+    api = build_test_api(load_settings(admin_env))
     try:
-        user = container.keys.create("admin-e2e-user", Role.USER, utcnow())[1]
-        admin = container.keys.create("admin-e2e-admin", Role.ADMIN, utcnow())[1]
+        user = api.keys.create("admin-e2e-user", Role.USER, utcnow())[1]
+        admin = api.keys.create("admin-e2e-admin", Role.ADMIN, utcnow())[1]
     finally:
-        container.close()
+        api.close()
     return user, admin

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.api.app import create_app
 from services.auth.keys import Role
 from services.clock import utcnow
-from services.container import build_container
 from services.settings import load_settings
 from services.types import PriceCard
 from services.usage.pricing import price_job
@@ -19,6 +17,7 @@ from tests.conftest import auth
 from tests.e2e.conftest import make_env, start_worker
 from tests.e2e.test_jobs_end_to_end import assert_succeeded, wait_for
 from tests.helpers import chat_body, make_image
+from tests.support.roots import build_test_api
 
 pytestmark = pytest.mark.e2e
 MODEL = "acme-vision-small"
@@ -55,11 +54,11 @@ def test_e2e_a_model_added_by_the_models_file_runs_jobs(
         "LOUPE_MODELS_FILE": str(_models_file(tmp_path, weights)),
         "LOUPE_DEFAULT_MODEL": MODEL,  # the worker loads it before its first job
     }
-    container = build_container(load_settings(env))
+    api = build_test_api(load_settings(env))
     worker = start_worker(env, tmp_path / "worker.log", "acme")  # loads it before "ready."
     try:
-        client = create_app(container=container).test_client()
-        key = container.keys.create("acme", Role.USER, utcnow())[1]
+        client = api.client()
+        key = api.keys.create("acme", Role.USER, utcnow())[1]
         listed = {m["id"]: m for m in client.get("/v1/models", headers=auth(key)).json["data"]}
         assert listed[MODEL]["owned_by"] == "acme"
         assert listed[MODEL]["pricing"] == CARD.to_json()
@@ -75,7 +74,7 @@ def test_e2e_a_model_added_by_the_models_file_runs_jobs(
         assert job["usage"]["cost"] == cost.to_json()
     finally:
         worker.stop()
-        container.close()
+        api.close()
 
 
 def test_e2e_a_worker_refuses_to_start_when_its_weights_are_missing(

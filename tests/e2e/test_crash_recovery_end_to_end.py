@@ -9,10 +9,8 @@ import pytest
 import redis
 from sqlalchemy import update
 
-from services.api.app import create_app
 from services.auth.keys import Role
 from services.clock import utcnow
-from services.container import build_container
 from services.db.schema import jobs
 from services.jobs.maintenance import requeue_lost
 from services.jobs.queue import RedisQueuedMessages
@@ -22,6 +20,7 @@ from tests.e2e.conftest import ledger_rows, make_env, start_worker, wait_until
 from tests.e2e.test_jobs_end_to_end import wait_for
 from tests.helpers import chat_body
 from tests.support.images import make_image
+from tests.support.roots import build_test_api
 
 pytestmark = pytest.mark.e2e
 
@@ -32,37 +31,36 @@ def test_e2e_a_job_whose_worker_was_killed_mid_run_is_taken_over_and_billed_once
     env = make_env(redis_server, s3_server, models_dir, tmp_path, redis_db=6)
     broker = redis.Redis.from_url(env["LOUPE_BROKER_URL"])
     broker.flushdb()
-    container = build_container(load_settings(env))
+    api = build_test_api(load_settings(env))
     first = start_worker(env, tmp_path / "first.log", "first")
     second = None
     try:
-        client = create_app(container=container).test_client()
-        key = container.keys.create("crash", Role.USER, utcnow())[1]
+        client = api.client()
+        key = api.keys.create("crash", Role.USER, utcnow())[1]
         body = chat_body(make_image(), max_tokens=2048, ignore_eos=True)
         job_id = client.post("/v1/jobs", json=body, headers=auth(key)).json["id"]
-        wait_until(lambda: container.jobs.get(job_id).status.value == "running", 120, "a run", 0.1)
+        wait_until(lambda: api.jobs.get(job_id).status.value == "running", 120, "a run", 0.1)
         first.kill()  # mid-run: no clean-up, no ack, no release
-        assert container.jobs.get(job_id).status.value == "running"
+        assert api.jobs.get(job_id).status.value == "running"
         assert broker.hlen("unacked") == 1  # the dead worker's delivery, back only in 2 h
 
         # The lease (timeout + 60 s) runs out; moved to the past here rather than waited for.
-        assert container.db_engine is not None
-        with container.db_engine.begin() as conn:
+        with api.db_engine.begin() as conn:
             conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id)
                 .values(lease_expires_at=utcnow() - timedelta(seconds=1))
             )
         scan = RedisQueuedMessages(broker)
-        routes = container.registry
+        routes = api.registry
         grace = timedelta(minutes=2)
-        assert requeue_lost(container.jobs, scan, container.queue, routes, utcnow(), grace) == 1
+        assert requeue_lost(api.jobs, scan, api.queue, routes, utcnow(), grace) == 1
 
         second = start_worker(env, tmp_path / "second.log", "second")
         done = wait_for(lambda: client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json)
         assert done["status"] == "succeeded", done
-        assert container.jobs.get(job_id).attempts == 2
-        rows = ledger_rows(container, job_id)
+        assert api.jobs.get(job_id).attempts == 2
+        rows = ledger_rows(api, job_id)
         assert len(rows) == 1
         assert rows[0]["completion_tokens"] == done["usage"]["completion_tokens"] > 0
         assert Decimal(done["usage"]["cost"]["total"]) == rows[0]["cost_total"]
@@ -70,5 +68,5 @@ def test_e2e_a_job_whose_worker_was_killed_mid_run_is_taken_over_and_billed_once
         first.stop()
         if second is not None:
             second.stop()
-        container.close()
+        api.close()
         broker.close()

@@ -10,10 +10,8 @@ import pytest
 import redis
 import requests
 
-from services.api.app import create_app
 from services.auth.keys import Role
 from services.clock import utcnow
-from services.container import build_container
 from services.jobs.queue import CeleryProducer
 from services.settings import load_settings
 from services.types import JobStatus
@@ -22,6 +20,7 @@ from tests.e2e.conftest import make_env, start_api, start_worker
 from tests.helpers import chat_body
 from tests.support.images import make_image
 from tests.support.models import TINY_MODEL
+from tests.support.roots import build_test_api
 
 pytestmark = pytest.mark.e2e
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}
@@ -96,12 +95,12 @@ def test_e2e_uploaded_file_job_succeeds(worker, e2e_client, e2e_key):
     assert_succeeded(done)
 
 
-def test_e2e_duplicate_delivery_runs_model_once(worker, e2e_client, e2e_container, e2e_key):
+def test_e2e_duplicate_delivery_runs_model_once(worker, e2e_client, e2e_api, e2e_key):
     response = e2e_client.post(
         "/v1/jobs", json=chat_body(make_image(), max_tokens=4), headers=auth(e2e_key)
     )
     job_id = response.json["id"]
-    duplicate = CeleryProducer(e2e_container.settings)
+    duplicate = CeleryProducer(e2e_api.settings)
     duplicate.send("loupe.inference.run", [job_id], "inference")
     duplicate.close()
     wait_for(lambda: e2e_client.get(f"/v1/jobs/{job_id}", headers=auth(e2e_key)).json)
@@ -109,7 +108,7 @@ def test_e2e_duplicate_delivery_runs_model_once(worker, e2e_client, e2e_containe
     while f"job {job_id}: duplicate message ignored" not in worker.log_text():
         assert time.monotonic() < deadline, "the duplicate message was never delivered"
         time.sleep(0.2)
-    job = e2e_container.jobs.get(job_id)
+    job = e2e_api.jobs.get(job_id)
     assert job.status is JobStatus.SUCCEEDED
     assert job.attempts == 1  # claimed (and so run) exactly once
 
@@ -154,11 +153,11 @@ def test_e2e_a_model_on_its_own_queue_is_run_by_the_worker_of_that_queue(
     }
     broker = redis.Redis.from_url(env["LOUPE_BROKER_URL"])
     broker.flushdb()
-    container = build_container(load_settings(env))
+    api = build_test_api(load_settings(env))
     pool = start_worker(env, tmp_path / "pool.log", "pool", queues="tiny-pool")
     try:
-        client = create_app(container=container).test_client()
-        key = container.keys.create("pool", Role.USER, utcnow())[1]
+        client = api.client()
+        key = api.keys.create("pool", Role.USER, utcnow())[1]
         response = client.post(
             "/v1/jobs", json=chat_body(make_image(), max_tokens=4), headers=auth(key)
         )
@@ -169,5 +168,5 @@ def test_e2e_a_model_on_its_own_queue_is_run_by_the_worker_of_that_queue(
         assert "tiny-pool" in pool.log_text()
     finally:
         pool.stop()
-        container.close()
+        api.close()
         broker.close()

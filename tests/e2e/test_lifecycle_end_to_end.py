@@ -11,15 +11,14 @@ from typing import Any
 import pytest
 
 from infra.localstack.servers import ServerProcess
-from services.api.app import create_app
 from services.auth.keys import Role
 from services.clock import utcnow
-from services.container import Container, build_container
 from services.settings import load_settings
 from tests.conftest import auth
 from tests.e2e.conftest import make_env, start_worker
 from tests.helpers import chat_body
 from tests.support.images import make_image
+from tests.support.roots import ApiUnderTest, build_test_api
 
 pytestmark = pytest.mark.e2e
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}
@@ -29,7 +28,7 @@ TERMINAL = {"succeeded", "failed", "canceled", "expired"}
 class OneSlot:
     client: Any
     key: str
-    container: Container
+    api: ApiUnderTest
     worker: ServerProcess
 
     def submit(self, **body: Any) -> str:
@@ -68,12 +67,12 @@ def one_slot(redis_server, s3_server, models_dir, tmp_path_factory) -> Iterator[
     env = make_env(redis_server, s3_server, models_dir, workdir, redis_db=2)
     env["LOUPE_WORKER_CONCURRENCY"] = "1"
     worker = start_worker(env, workdir / "worker.log", "one-slot")
-    container = build_container(load_settings(env))
+    api = build_test_api(load_settings(env))
     try:
-        key = container.keys.create("lifecycle", Role.USER, utcnow())[1]
-        yield OneSlot(create_app(container=container).test_client(), key, container, worker)
+        key = api.keys.create("lifecycle", Role.USER, utcnow())[1]
+        yield OneSlot(api.client(), key, api, worker)
     finally:
-        container.close()
+        api.close()
         worker.stop()
 
 
@@ -117,7 +116,7 @@ def test_e2e_cancel_before_start_never_runs_the_model(one_slot):
     while f"job {waiting}: duplicate message ignored" not in one_slot.worker.log_text():
         assert time.monotonic() < deadline, one_slot.worker.log_text()[-3000:]
         time.sleep(0.1)
-    job = one_slot.container.jobs.get(waiting)
+    job = one_slot.api.jobs.get(waiting)
     assert job.status.value == "canceled"
     assert job.attempts == 0 and job.started_at is None and job.prompt_tokens is None
     assert one_slot.get(waiting)["usage"] is None
@@ -133,7 +132,7 @@ def test_e2e_expired_job_is_never_run_nor_charged(one_slot):
     assert body["status"] == "expired", body
     assert body["started_at"] is None and body["usage"] is None
     assert body["error"]["code"] == "expired"
-    assert one_slot.container.jobs.get(doomed).attempts == 0
+    assert one_slot.api.jobs.get(doomed).attempts == 0
 
 
 def test_e2e_high_priority_job_overtakes_a_queue_of_low_ones(one_slot):

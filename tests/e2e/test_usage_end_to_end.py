@@ -11,10 +11,8 @@ from typing import Any
 import pytest
 import redis
 
-from services.api.app import create_app
 from services.auth.keys import Role
 from services.clock import utcnow
-from services.container import build_container
 from services.jobs.queue import CeleryTaskQueue
 from services.settings import load_settings
 from tests.conftest import auth
@@ -23,6 +21,7 @@ from tests.e2e.test_jobs_end_to_end import wait_for
 from tests.helpers import chat_body
 from tests.support.images import make_image
 from tests.support.models import TINY_MODEL
+from tests.support.roots import build_test_api
 
 pytestmark = pytest.mark.e2e
 PRICES = {TINY_MODEL: {"input_per_million": "0.35", "output_per_million": "0.40",
@@ -42,10 +41,10 @@ def test_e2e_job_is_billed_once_even_when_its_message_comes_again(worker, e2e_en
     # This API process has a price card for the tiny model; the worker has none. The job is
     # billed from the card snapshotted at submit, whatever the worker's registry says.
     env = e2e_env | {"LOUPE_PRICE_OVERRIDES": json.dumps(PRICES)}
-    container = build_container(load_settings(env))
+    api = build_test_api(load_settings(env))
     try:
-        client = create_app(container=container).test_client()
-        key = container.keys.create("billing", Role.USER, utcnow())[1]
+        client = api.client()
+        key = api.keys.create("billing", Role.USER, utcnow())[1]
         response = client.post(
             "/v1/jobs", json=chat_body(make_image(50, 50), max_tokens=6), headers=auth(key)
         )
@@ -55,14 +54,14 @@ def test_e2e_job_is_billed_once_even_when_its_message_comes_again(worker, e2e_en
         body = wait_for(lambda: client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json)
         assert body["status"] == "succeeded", body
         # The worker finished but (say) died before acking: the broker delivers it again, twice.
-        queue = CeleryTaskQueue(container.settings)
+        queue = CeleryTaskQueue(api.settings)
         try:
             queue.enqueue_inference(job_id)
             queue.enqueue_inference(job_id)
         finally:
             queue.close()
         _wait_log(worker, f"job {job_id}: duplicate message ignored", 2)
-        rows = ledger_rows(container, job_id)
+        rows = ledger_rows(api, job_id)
         assert len(rows) == 1
         cost = body["usage"]["cost"]
         assert rows[0]["cost_total"] == Decimal(cost["total"]) > Decimal("0.0005058")
@@ -70,7 +69,7 @@ def test_e2e_job_is_billed_once_even_when_its_message_comes_again(worker, e2e_en
         usage = client.get("/v1/usage", headers=auth(key)).json
         assert usage["totals"]["jobs"] == 1 and usage["totals"]["cost"] == cost
     finally:
-        container.close()
+        api.close()
 
 
 def test_e2e_worker_killed_after_the_model_before_the_ack_bills_once(
@@ -86,13 +85,13 @@ def test_e2e_worker_killed_after_the_model_before_the_ack_bills_once(
     }
     broker = redis.Redis.from_url(env["LOUPE_BROKER_URL"])
     broker.flushdb()
-    container = build_container(load_settings(env))
+    api = build_test_api(load_settings(env))
     crashing = start_worker(env, tmp_path / "crashing.log", "crashing",
                             app="tests.e2e.crashing_worker")  # fmt: skip
     survivor = None
     try:
-        client = create_app(container=container).test_client()
-        key = container.keys.create("crash", Role.USER, utcnow())[1]
+        client = api.client()
+        key = api.keys.create("crash", Role.USER, utcnow())[1]
         response = client.post(
             "/v1/jobs", json=chat_body(make_image(40, 40), max_tokens=4), headers=auth(key)
         )
@@ -108,7 +107,7 @@ def test_e2e_worker_killed_after_the_model_before_the_ack_bills_once(
         survivor = start_worker(env, tmp_path / "survivor.log", "survivor")
         _wait_log(survivor, f"job {job_id}: duplicate message ignored", 1, timeout=90)
         wait_until(lambda: broker.hlen("unacked") == 0, 30, "the ack", 0.2)
-        rows = ledger_rows(container, job_id)
+        rows = ledger_rows(api, job_id)
         assert len(rows) == 1
         assert rows[0]["cost_total"] == Decimal(body["usage"]["cost"]["total"]) > 0
         again = client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json
@@ -118,5 +117,5 @@ def test_e2e_worker_killed_after_the_model_before_the_ack_bills_once(
         crashing.stop()
         if survivor is not None:
             survivor.stop()
-        container.close()
+        api.close()
         broker.close()

@@ -23,12 +23,12 @@ import requests
 from infra.localstack.servers import RedisServer, S3Server, ServerProcess
 from services.auth.keys import Role
 from services.clock import utcnow
-from services.container import build_container
 from services.settings import load_settings
 from tests.conftest import auth
 from tests.e2e.conftest import make_env, start_api
 from tests.helpers import chat_body
 from tests.support.images import data_url, make_image
+from tests.support.roots import build_test_api
 
 pytestmark = pytest.mark.e2e
 
@@ -131,11 +131,11 @@ def idle_stack(
 ) -> tuple[dict[str, str], str]:
     """An environment whose jobs stay queued (no worker consumes its Redis database)."""
     env = make_env(redis_server, s3_server, models_dir, tmp_path, redis_db=3)
-    container = build_container(load_settings(env))
+    api = build_test_api(load_settings(env))
     try:
-        key = container.keys.create("idle", Role.USER, utcnow())[1]
+        key = api.keys.create("idle", Role.USER, utcnow())[1]
     finally:
-        container.close()
+        api.close()
     return env, key
 
 

@@ -10,12 +10,12 @@ from standardwebhooks import Webhook
 
 from services.auth.keys import Role
 from services.clock import utcnow
-from services.container import build_container
 from services.settings import load_settings
 from tests.e2e.conftest import make_env, start_api, start_webhook_worker, start_worker
 from tests.helpers import chat_body
 from tests.receiver import running_receiver
 from tests.support.images import make_image
+from tests.support.roots import build_test_api
 
 pytestmark = pytest.mark.e2e
 
@@ -36,10 +36,10 @@ def test_e2e_signed_start_and_completed_webhooks_in_order(
         "LOUPE_WEBHOOK_RETRY_SCHEDULE": "0,1,1,1",
     }
     receiver.answers = [503]  # the first POST (start) fails once: it is retried, in order
-    container = build_container(load_settings(env))
+    parts = build_test_api(load_settings(env))
     procs = []
     try:
-        key = container.keys.create("hooks", Role.USER, utcnow())[1]
+        key = parts.keys.create("hooks", Role.USER, utcnow())[1]
         headers = {"Authorization": f"Bearer {key}"}
         procs.append(start_worker(env, tmp_path / "worker.log", "e2e-hooks-gpu"))
         hooks = start_webhook_worker(env, tmp_path / "webhooks.log", "e2e-hooks")
@@ -80,4 +80,4 @@ def test_e2e_signed_start_and_completed_webhooks_in_order(
     finally:
         for proc in reversed(procs):
             proc.stop()
-        container.close()
+        parts.close()

@@ -64,7 +64,7 @@ def _ids_in(client: redis.Redis, list_name: str) -> list[str]:
 
 
 def test_jobs_go_to_their_models_queue_and_queue_position_counts_that_queue(
-    client, container, settings, user_key
+    client, api, settings, user_key
 ):
     def submit(model, **extra):
         body = chat_body(make_image(), model=model, **extra)
@@ -84,16 +84,16 @@ def test_jobs_go_to_their_models_queue_and_queue_position_counts_that_queue(
     assert big["queue_position"] == 0 and big_low["queue_position"] == 1
     assert submit(TINY_MODEL)["queue_position"] == 3
 
-    view = client.get("/v1/admin/queues", headers=auth(_admin_key(container))).json
+    view = client.get("/v1/admin/queues", headers=auth(_admin_key(api))).json
     by_name = {q["queue"]: q for q in view["queues"]}
     assert list(by_name) == ["inference", "gpu-90b", "webhooks", "maintenance"]
     assert by_name["inference"]["depth"] == 4 and by_name["gpu-90b"]["depth"] == 2
     assert by_name["gpu-90b"]["oldest_age_seconds"] is not None
-    metrics = client.get("/metrics", headers=auth(_admin_key(container))).get_data(as_text=True)
+    metrics = client.get("/metrics", headers=auth(_admin_key(api))).get_data(as_text=True)
     assert 'loupe_queue_depth{priority="low",queue="gpu-90b"} 1.0' in metrics
 
 
-def test_the_lost_job_sweep_publishes_on_the_jobs_own_queue(client, container, settings, user_key):
+def test_the_lost_job_sweep_publishes_on_the_jobs_own_queue(client, api, settings, user_key):
     body = chat_body(make_image(), model=LLAMA_90B)
     job_id = client.post("/v1/jobs", json=body, headers=auth(user_key)).json["id"]
     broker = redis.Redis.from_url(settings.broker_url)
@@ -101,7 +101,7 @@ def test_the_lost_job_sweep_publishes_on_the_jobs_own_queue(client, container, s
         assert broker.delete("gpu-90b:5") == 1
         later = utcnow() + timedelta(minutes=3)
         scan = RedisQueuedMessages(broker)
-        args = (container.jobs, scan, container.queue, container.registry, later)
+        args = (api.jobs, scan, api.queue, api.registry, later)
         assert requeue_lost(*args, timedelta(minutes=2)) == 1
         assert _ids_in(broker, "gpu-90b:5") == [job_id]
         assert requeue_lost(*args, timedelta(minutes=2)) == 0
@@ -109,5 +109,5 @@ def test_the_lost_job_sweep_publishes_on_the_jobs_own_queue(client, container, s
         broker.close()
 
 
-def _admin_key(container) -> str:
-    return new_key(container.keys, "admin", Role.ADMIN).token
+def _admin_key(api) -> str:
+    return new_key(api.keys, "admin", Role.ADMIN).token

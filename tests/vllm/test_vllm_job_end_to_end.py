@@ -11,15 +11,14 @@ import pytest
 
 from infra.localstack.servers import ServerProcess
 from infra.models import build_local_models
-from services.api.app import create_app
 from services.auth.keys import Role
 from services.clock import utcnow
-from services.container import Container, build_container
 from services.settings import load_settings
 from tests.conftest import auth
 from tests.e2e.conftest import make_env, start_worker
 from tests.helpers import chat_body
 from tests.support.images import make_image
+from tests.support.roots import ApiUnderTest, build_test_api
 from workers.engines.vllm_engine import vllm_import_error
 
 if (_missing := vllm_import_error()) is not None:
@@ -32,15 +31,15 @@ MODEL = "loupe-tiny-vlm"
 @pytest.fixture(scope="module")
 def stack(
     redis_server: Any, s3_server: Any, models_dir: Any, tmp_path_factory: Any
-) -> Iterator[tuple[ServerProcess, Container]]:
+) -> Iterator[tuple[ServerProcess, ApiUnderTest]]:
     workdir = tmp_path_factory.mktemp("vllm-e2e")
     env = make_env(redis_server, s3_server, models_dir, workdir, redis_db=3)
     build_local_models(models_dir, ["tiny-vlm"])  # the worker's default model below
     env |= {"LOUPE_DEFAULT_MODEL": MODEL, "LOUPE_WORKER_CONCURRENCY": "8"}
     worker = start_worker(env, workdir / "worker.log", "vllm")
-    container = build_container(load_settings(env))
-    yield worker, container
-    container.close()
+    api = build_test_api(load_settings(env))
+    yield worker, api
+    api.close()
     worker.stop()
 
 
@@ -54,10 +53,10 @@ def _finish(client: Any, key: str, job_id: str) -> dict[str, Any]:
     raise AssertionError(f"job {job_id} did not finish")
 
 
-def test_vllm_jobs_end_to_end(stack: tuple[ServerProcess, Container]) -> None:
-    worker, container = stack
-    client = create_app(container=container).test_client()
-    key = container.keys.create("v", Role.USER, utcnow())[1]
+def test_vllm_jobs_end_to_end(stack: tuple[ServerProcess, ApiUnderTest]) -> None:
+    worker, api = stack
+    client = api.client()
+    key = api.keys.create("v", Role.USER, utcnow())[1]
     ids = [
         client.post(
             "/v1/jobs",
@@ -80,10 +79,10 @@ def test_vllm_jobs_end_to_end(stack: tuple[ServerProcess, Container]) -> None:
     assert "vllm" in worker.log_text().lower()
 
 
-def test_vllm_structured_output_job(stack: tuple[ServerProcess, Container]) -> None:
-    _, container = stack
-    client = create_app(container=container).test_client()
-    key = container.keys.create("s", Role.USER, utcnow())[1]
+def test_vllm_structured_output_job(stack: tuple[ServerProcess, ApiUnderTest]) -> None:
+    _, api = stack
+    client = api.client()
+    key = api.keys.create("s", Role.USER, utcnow())[1]
     schema = {
         "type": "object",
         "properties": {"colour": {"enum": ["red", "blue"]}},

@@ -13,7 +13,7 @@ from tests.conftest import auth
 from tests.helpers import chat_body
 from tests.support.images import make_image
 from workers.celery_app import make_celery
-from workers.context import close_worker_context
+from workers.roots import roots_of
 from workers.tasks import maintenance
 from workers.tasks.maintenance import LOST_JOBS_TASK
 
@@ -45,7 +45,7 @@ def test_every_beat_sweep_is_a_registered_task_on_the_maintenance_queue():
 
 
 def test_the_lost_jobs_sweep_task_publishes_a_lost_job_again(
-    client, container, user_key, settings, monkeypatch
+    client, api, user_key, settings, monkeypatch
 ):
     job_id = client.post("/v1/jobs", json=chat_body(make_image()), headers=auth(user_key)).json[
         "id"
@@ -59,7 +59,7 @@ def test_the_lost_jobs_sweep_task_publishes_a_lost_job_again(
             app.loader.import_default_modules()
             assert app.tasks[LOST_JOBS_TASK].apply().get() == 1
         finally:
-            close_worker_context()
+            roots_of(app).close()
             app.close()
         assert RedisQueuedMessages(broker).held("inference").all == {job_id}
     finally:

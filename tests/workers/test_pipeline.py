@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,9 @@ from services.catalog.registry import build_registry
 from services.catalog.spec import ModelSpec
 from services.db import make_engine
 from services.errors import EngineError, Unavailable
+from services.jobs.events import NoJobEvents
 from services.settings import Settings
+from services.storage.images import ImageLimits
 from services.types import JobStatus, SamplingParams
 from tests.support.images import image_ref, make_image
 from tests.support.jobs import insert_job
@@ -93,15 +96,15 @@ def store(sqlite_url):
     engine.dispose()
 
 
-def _ctx(store, engine: FakeEngine, blobs: Any = None) -> WorkerContext:
-    settings = Settings()
+def _ctx(store, engine: FakeEngine, blobs: Any = None, events: Any = None) -> WorkerContext:
     return WorkerContext(
-        settings=settings,
         store=store,
         blobs=blobs or DictBlobs(),
-        registry=build_registry(settings),
+        registry=build_registry(Settings()),
         engines=FakeEngines(engine),
         cancels=CancelWatcher(store, 0.01),
+        events=events or NoJobEvents(),
+        image_limits=ImageLimits.from_settings(Settings()),
         clock=lambda: NOW,
     )
 
@@ -212,8 +215,9 @@ def test_pipeline_running_job_is_taken_over_only_after_lease(store):
     job_id = _queue_job(store, ctx)
     store.claim(job_id, NOW, timedelta(seconds=90))  # a worker that died mid-job
     assert process_job(job_id, ctx) is Outcome.SKIPPED
-    later = _ctx(store, engine, ctx.blobs)
-    later.clock = lambda: NOW + timedelta(seconds=91)
+    later = dataclasses.replace(
+        _ctx(store, engine, ctx.blobs), clock=lambda: NOW + timedelta(seconds=91)
+    )
     assert process_job(job_id, later) is Outcome.SUCCEEDED
 
 
@@ -254,8 +258,8 @@ class RecordingEvents:
 
 
 def test_pipeline_announces_start_and_finish(store):
-    ctx = _ctx(store, FakeEngine())
-    ctx.events = events = RecordingEvents()
+    events = RecordingEvents()
+    ctx = _ctx(store, FakeEngine(), events=events)
     job_id = _queue_job(store, ctx)
     assert process_job(job_id, ctx) is Outcome.SUCCEEDED
     assert process_job(job_id, ctx) is Outcome.SKIPPED  # a duplicate announces nothing
@@ -264,8 +268,8 @@ def test_pipeline_announces_start_and_finish(store):
 
 def test_pipeline_expired_job_never_runs_nor_charges(store):
     engine = FakeEngine()
-    ctx = _ctx(store, engine)
-    ctx.events = events = RecordingEvents()
+    events = RecordingEvents()
+    ctx = _ctx(store, engine, events=events)
     job_id = _queue_job(store, ctx, expires_at=NOW - timedelta(seconds=1))
     assert process_job(job_id, ctx) is Outcome.EXPIRED
     assert engine.calls == []
@@ -280,7 +284,9 @@ def test_pipeline_leaves_a_job_of_a_model_it_does_not_serve_queued_and_retries(s
     engine = FakeEngine()
     ctx = _ctx(store, engine)
     job_id = _queue_job(store, ctx)
-    ctx.registry = build_registry(Settings(served_models=("llama-3.2-90b-vision-instruct",)))
+    ctx = dataclasses.replace(
+        ctx, registry=build_registry(Settings(served_models=("llama-3.2-90b-vision-instruct",)))
+    )
     with pytest.raises(NotServedHere, match="not served by this worker"):
         process_job(job_id, ctx)
     job = store.get(job_id)

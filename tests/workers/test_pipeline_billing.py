@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import timedelta
 
@@ -88,8 +89,9 @@ def test_pipeline_worker_killed_before_commit_is_rerun_and_billed_once(store):
     ctx = _ctx(store, engine)
     job_id = _queue(store, ctx)
     dead = store.claim(job_id, NOW, timedelta(seconds=90))
-    later = _ctx(store, engine, ctx.blobs)
-    later.clock = lambda: NOW + timedelta(seconds=91)
+    later = dataclasses.replace(
+        _ctx(store, engine, ctx.blobs), clock=lambda: NOW + timedelta(seconds=91)
+    )
     assert process_job(job_id, later) is Outcome.SUCCEEDED
     assert not store.succeed(
         job_id, dead.attempts, NOW, text="late", finish_reason="stop",

@@ -17,7 +17,6 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from services.clock import utcnow
-from services.container import build_container
 from services.errors import Unavailable
 from services.jobs.presenter import job_to_public
 from services.types import JobStatus
@@ -27,6 +26,7 @@ from tests.conftest import make_bucket, make_settings
 from tests.receiver import Receiver, running_receiver
 from tests.support.jobs import insert_job, run_to
 from tests.support.keys import new_key
+from tests.support.roots import build_test_api
 from workers.webhooks import DeliveryOutcome, WebhookContext, deliver
 
 SCHEDULE = (0.0, 5.0, 300.0, 1800.0)
@@ -56,7 +56,7 @@ def queue():
 
 
 @pytest.fixture
-def container(database_url, broker_url, s3_server, models_dir, queue):
+def api(database_url, broker_url, s3_server, models_dir, queue):
     settings = make_settings(
         database_url=database_url,
         broker_url=broker_url,
@@ -67,43 +67,41 @@ def container(database_url, broker_url, s3_server, models_dir, queue):
         webhook_allow_http="true",
         webhook_retry_schedule=",".join(str(s) for s in SCHEDULE),
     )
-    c = build_container(settings, webhook_queue=queue)
+    c = build_test_api(settings, webhook_queue=queue)
     yield c
     c.close()
 
 
 @pytest.fixture
-def ctx(container, queue):
+def ctx(api, queue):
     # No jitter, so the countdowns asked for are exactly the schedule.
     return WebhookContext(
-        settings=container.settings,
-        store=container.webhook_store,
+        settings=api.settings,
+        store=api.webhook_store,
         queue=queue,
         jitter=lambda delay: delay,
     )
 
 
 @pytest.fixture
-def owner(container):
-    return new_key(container.keys, "hooks").id
+def owner(api):
+    return new_key(api.keys, "hooks").id
 
 
-def make_job(container, owner, url, events=("completed",)):
-    job = insert_job(container.jobs, owner, utcnow(), webhook_url=url, webhook_events=tuple(events))
+def make_job(api, owner, url, events=("completed",)):
+    job = insert_job(api.jobs, owner, utcnow(), webhook_url=url, webhook_events=tuple(events))
     return job.id
 
 
-def start(container, job_id):
-    job = run_to(container.jobs, job_id, "running", utcnow())
-    container.events.job_changed(job)
+def start(api, job_id):
+    job = run_to(api.jobs, job_id, "running", utcnow())
+    api.events.job_changed(job)
     return job
 
 
-def succeed(container, job_id):
-    finished = run_to(
-        container.jobs, job_id, "succeeded", utcnow(), prompt=5, completion=2, text="a cat"
-    )
-    container.events.job_changed(finished)
+def succeed(api, job_id):
+    finished = run_to(api.jobs, job_id, "succeeded", utcnow(), prompt=5, completion=2, text="a cat")
+    api.events.job_changed(finished)
     return finished
 
 
@@ -116,17 +114,17 @@ def drain(queue: RecordingQueue, ctx, limit: int = 20) -> list[tuple[str, int, f
     return ran
 
 
-def secret_of(container, owner):
-    return container.webhooks.secret(owner).secret
+def secret_of(api, owner):
+    return api.webhooks.secret(owner).secret
 
 
 def test_completed_event_is_signed_and_carries_the_polling_body(
-    container, ctx, queue, owner, receiver: Receiver
+    api, ctx, queue, owner, receiver: Receiver
 ):
-    job_id = make_job(container, owner, receiver.url)
-    start(container, job_id)
+    job_id = make_job(api, owner, receiver.url)
+    start(api, job_id)
     assert queue.messages == []  # "start" was not asked for
-    job = succeed(container, job_id)
+    job = succeed(api, job_id)
     ((event_id, attempt, countdown, outcome),) = drain(queue, ctx)
     assert (attempt, countdown, outcome) == (1, 0.0, DeliveryOutcome.DELIVERED)
 
@@ -134,30 +132,30 @@ def test_completed_event_is_signed_and_carries_the_polling_body(
     assert request.path == "/hooks/loupe"
     assert request.headers["webhook-id"] == event_id
     assert request.headers["content-type"] == "application/json"
-    payload = Webhook(secret_of(container, owner)).verify(request.body, request.headers)
+    payload = Webhook(secret_of(api, owner)).verify(request.body, request.headers)
     assert payload["type"] == "job.completed"
     assert payload["data"] == json.loads(json.dumps(job_to_public(job)))
     assert payload["data"]["status"] == "succeeded"
-    assert verify_delivery(secret_of(container, owner), request.body, request.headers) == payload
+    assert verify_delivery(secret_of(api, owner), request.body, request.headers) == payload
 
-    (log,) = container.webhooks.deliveries(job_id, owner)
+    (log,) = api.webhooks.deliveries(job_id, owner)
     assert log.event.state is EventState.DELIVERED
     (tried,) = log.attempts
     assert tried.http_status == 200
     assert tried.response_body == "answer 200"
     assert tried.latency_ms is not None and tried.latency_ms >= 0
-    assert container.jobs.get(job_id).status is JobStatus.SUCCEEDED
+    assert api.jobs.get(job_id).status is JobStatus.SUCCEEDED
 
 
 def test_tampered_body_and_old_timestamp_fail_verification(
-    container, ctx, queue, owner, receiver: Receiver
+    api, ctx, queue, owner, receiver: Receiver
 ):
-    job_id = make_job(container, owner, receiver.url)
-    start(container, job_id)
-    succeed(container, job_id)
+    job_id = make_job(api, owner, receiver.url)
+    start(api, job_id)
+    succeed(api, job_id)
     drain(queue, ctx)
     (request,) = receiver.requests
-    secret = secret_of(container, owner)
+    secret = secret_of(api, owner)
     tampered = request.body.replace(b'"succeeded"', b'"failed"')
     assert tampered != request.body
     with pytest.raises(WebhookVerificationError):
@@ -177,12 +175,12 @@ def test_tampered_body_and_old_timestamp_fail_verification(
 
 
 def test_500_twice_then_200_delivers_on_the_third_attempt_with_the_same_id(
-    container, ctx, queue, owner, receiver: Receiver
+    api, ctx, queue, owner, receiver: Receiver
 ):
     receiver.answers = [500, (500, {}, "x" * 5000)]
-    job_id = make_job(container, owner, receiver.url)
-    start(container, job_id)
-    succeed(container, job_id)
+    job_id = make_job(api, owner, receiver.url)
+    start(api, job_id)
+    succeed(api, job_id)
     ran = drain(queue, ctx)
     assert [(a, c, o) for _, a, c, o in ran] == [
         (1, 0.0, DeliveryOutcome.RETRY_SCHEDULED),
@@ -190,86 +188,86 @@ def test_500_twice_then_200_delivers_on_the_third_attempt_with_the_same_id(
         (3, 300.0, DeliveryOutcome.DELIVERED),
     ]
     assert len({r.headers["webhook-id"] for r in receiver.requests}) == 1
-    secret = secret_of(container, owner)
+    secret = secret_of(api, owner)
     for request in receiver.requests:
         Webhook(secret).verify(request.body, request.headers)
-    (log,) = container.webhooks.deliveries(job_id, owner)
+    (log,) = api.webhooks.deliveries(job_id, owner)
     assert [a.http_status for a in log.attempts] == [500, 500, 200]
     assert len(log.attempts[1].response_body) == 1024  # the first 1 KB only
     assert log.event.state is EventState.DELIVERED
 
 
 def test_receiver_down_for_a_while_gets_the_event_when_back(
-    container, ctx, queue, owner, receiver: Receiver
+    api, ctx, queue, owner, receiver: Receiver
 ):
-    job_id = make_job(container, owner, receiver.url)
-    start(container, job_id)
+    job_id = make_job(api, owner, receiver.url)
+    start(api, job_id)
     receiver.stop()
-    succeed(container, job_id)
+    succeed(api, job_id)
     first = drain(queue, ctx, limit=2)
     assert [o for *_, o in first] == [DeliveryOutcome.RETRY_SCHEDULED] * 2
     receiver.start()  # same port
     rest = drain(queue, ctx)
     assert [o for *_, o in rest] == [DeliveryOutcome.DELIVERED]
-    (log,) = container.webhooks.deliveries(job_id, owner)
+    (log,) = api.webhooks.deliveries(job_id, owner)
     assert [a.http_status for a in log.attempts] == [None, None, 200]
     assert "NewConnectionError" in log.attempts[0].error or "refused" in log.attempts[0].error
     (request,) = receiver.requests
-    Webhook(secret_of(container, owner)).verify(request.body, request.headers)
+    Webhook(secret_of(api, owner)).verify(request.body, request.headers)
 
 
 def test_schedule_used_up_fails_the_event_but_never_the_job(
-    container, ctx, queue, owner, receiver: Receiver
+    api, ctx, queue, owner, receiver: Receiver
 ):
     receiver.default = 502
-    job_id = make_job(container, owner, receiver.url)
-    start(container, job_id)
-    succeed(container, job_id)
+    job_id = make_job(api, owner, receiver.url)
+    start(api, job_id)
+    succeed(api, job_id)
     ran = drain(queue, ctx)
     assert len(ran) == len(SCHEDULE)
     assert ran[-1][3] is DeliveryOutcome.FAILED
     assert queue.messages == []
-    (log,) = container.webhooks.deliveries(job_id, owner)
+    (log,) = api.webhooks.deliveries(job_id, owner)
     assert log.event.state is EventState.FAILED
-    assert container.jobs.get(job_id).status is JobStatus.SUCCEEDED
+    assert api.jobs.get(job_id).status is JobStatus.SUCCEEDED
 
 
-def test_410_stops_retries(container, ctx, queue, owner, receiver: Receiver):
+def test_410_stops_retries(api, ctx, queue, owner, receiver: Receiver):
     receiver.answers = [410]
-    job_id = make_job(container, owner, receiver.url)
-    start(container, job_id)
-    succeed(container, job_id)
+    job_id = make_job(api, owner, receiver.url)
+    start(api, job_id)
+    succeed(api, job_id)
     ran = drain(queue, ctx)
     assert [o for *_, o in ran] == [DeliveryOutcome.FAILED]
     assert queue.messages == []
     assert len(receiver.requests) == 1
-    (log,) = container.webhooks.deliveries(job_id, owner)
+    (log,) = api.webhooks.deliveries(job_id, owner)
     assert log.event.state is EventState.FAILED
     assert [a.http_status for a in log.attempts] == [410]
 
 
 @pytest.mark.parametrize("status", [429, 503])
-def test_retry_after_is_honoured(container, ctx, queue, owner, receiver: Receiver, status):
+def test_retry_after_is_honoured(api, ctx, queue, owner, receiver: Receiver, status):
     receiver.answers = [(status, {"Retry-After": "42"}, "slow down")]
-    job_id = make_job(container, owner, receiver.url)
-    start(container, job_id)
-    succeed(container, job_id)
+    job_id = make_job(api, owner, receiver.url)
+    start(api, job_id)
+    succeed(api, job_id)
     ran = drain(queue, ctx)
     assert [(a, c) for _, a, c, _ in ran] == [(1, 0.0), (2, 42.0)]
     assert ran[-1][3] is DeliveryOutcome.DELIVERED
 
 
-def test_start_and_completed_arrive_in_order(container, ctx, queue, owner, receiver: Receiver):
+def test_start_and_completed_arrive_in_order(api, ctx, queue, owner, receiver: Receiver):
     receiver.answers = [500]  # the start event's first attempt fails
-    job_id = make_job(container, owner, receiver.url, events=("start", "completed"))
-    start(container, job_id)
-    succeed(container, job_id)
+    job_id = make_job(api, owner, receiver.url, events=("start", "completed"))
+    start(api, job_id)
+    succeed(api, job_id)
     (start_id, _, _), (done_id, _, _) = queue.messages
     assert deliver(start_id, 1, ctx) is DeliveryOutcome.RETRY_SCHEDULED
     # completed must wait while started is still pending: no attempt, re-enqueued for later.
     assert deliver(done_id, 1, ctx) is DeliveryOutcome.WAITING
     assert len(receiver.requests) == 1
-    assert container.webhook_store.last_attempt_number(done_id) == 0
+    assert api.webhook_store.last_attempt_number(done_id) == 0
     ran = drain(queue, ctx)
     assert {(e, o) for e, _, _, o in ran} >= {
         (start_id, DeliveryOutcome.DELIVERED),
@@ -282,22 +280,22 @@ def test_start_and_completed_arrive_in_order(container, ctx, queue, owner, recei
     assert [r.headers["webhook-id"] for r in receiver.requests] == [start_id, start_id, done_id]
 
 
-def test_redelivered_start_creates_no_second_event(container, ctx, queue, owner, receiver):
-    job_id = make_job(container, owner, receiver.url, events=("start",))
-    job = start(container, job_id)
+def test_redelivered_start_creates_no_second_event(api, ctx, queue, owner, receiver):
+    job_id = make_job(api, owner, receiver.url, events=("start",))
+    job = start(api, job_id)
     drain(queue, ctx)
-    container.events.job_changed(job)  # the same change announced again
+    api.events.job_changed(job)  # the same change announced again
     assert queue.messages == []
-    assert len(container.webhooks.deliveries(job_id, owner)) == 1
-    succeed(container, job_id)  # "completed" not asked for
+    assert len(api.webhooks.deliveries(job_id, owner)) == 1
+    succeed(api, job_id)  # "completed" not asked for
     assert queue.messages == []
     assert len(receiver.requests) == 1
 
 
-def test_duplicate_message_posts_once(container, ctx, queue, owner, receiver: Receiver):
-    job_id = make_job(container, owner, receiver.url)
-    start(container, job_id)
-    succeed(container, job_id)
+def test_duplicate_message_posts_once(api, ctx, queue, owner, receiver: Receiver):
+    job_id = make_job(api, owner, receiver.url)
+    start(api, job_id)
+    succeed(api, job_id)
     ((event_id, attempt, _),) = queue.messages
     assert deliver(event_id, attempt, ctx) is DeliveryOutcome.DELIVERED
     assert deliver(event_id, attempt, ctx) is DeliveryOutcome.SKIPPED
@@ -305,13 +303,13 @@ def test_duplicate_message_posts_once(container, ctx, queue, owner, receiver: Re
 
 
 def test_rotation_overlap_keeps_old_secret_consumers_verifying(
-    container, ctx, queue, owner, receiver: Receiver
+    api, ctx, queue, owner, receiver: Receiver
 ):
-    old = secret_of(container, owner)
-    new = container.webhooks.rotate(owner).secret
-    job_id = make_job(container, owner, receiver.url)
-    start(container, job_id)
-    succeed(container, job_id)
+    old = secret_of(api, owner)
+    new = api.webhooks.rotate(owner).secret
+    job_id = make_job(api, owner, receiver.url)
+    start(api, job_id)
+    succeed(api, job_id)
     drain(queue, ctx)
     (request,) = receiver.requests
     assert len(request.headers["webhook-signature"].split(" ")) == 2
@@ -320,8 +318,8 @@ def test_rotation_overlap_keeps_old_secret_consumers_verifying(
 
     # After the overlap only the new secret signs.
     now = utcnow()
-    container.webhook_store.rotate_secret(owner, new, now, now - timedelta(seconds=1))
-    assert container.webhooks.redeliver(job_id, owner).event.state is EventState.PENDING
+    api.webhook_store.rotate_secret(owner, new, now, now - timedelta(seconds=1))
+    assert api.webhooks.redeliver(job_id, owner).event.state is EventState.PENDING
     drain(queue, ctx)
     later = receiver.requests[1]
     assert later.headers["webhook-id"] == request.headers["webhook-id"]
@@ -332,50 +330,50 @@ def test_rotation_overlap_keeps_old_secret_consumers_verifying(
 
 
 def test_redeliver_is_a_new_attempt_with_the_same_webhook_id(
-    container, ctx, queue, owner, receiver: Receiver
+    api, ctx, queue, owner, receiver: Receiver
 ):
-    job_id = make_job(container, owner, receiver.url)
-    start(container, job_id)
-    succeed(container, job_id)
+    job_id = make_job(api, owner, receiver.url)
+    start(api, job_id)
+    succeed(api, job_id)
     drain(queue, ctx)
-    log = container.webhooks.redeliver(job_id, owner)
+    log = api.webhooks.redeliver(job_id, owner)
     assert queue.messages == [(log.event.id, 2, 0)]
     drain(queue, ctx)
     first, second = receiver.requests
     assert first.headers["webhook-id"] == second.headers["webhook-id"] == log.event.id
     assert first.body == second.body
-    (log,) = container.webhooks.deliveries(job_id, owner)
+    (log,) = api.webhooks.deliveries(job_id, owner)
     assert [a.attempt for a in log.attempts] == [1, 2]
     assert log.event.state is EventState.DELIVERED
 
 
 def test_connect_time_check_refuses_a_host_that_now_resolves_inside(
-    container, ctx, queue, owner, receiver: Receiver
+    api, ctx, queue, owner, receiver: Receiver
 ):
     # Accepted at submit (public answer), rebinds to loopback before delivery: refused,
     # nothing is sent. The allowlist is dropped so loopback is forbidden again.
     strict = make_settings(
-        database_url=container.settings.database_url,
-        broker_url=container.settings.broker_url,
-        s3=_S3(container.settings),
-        bucket=container.settings.s3_bucket,
-        models_dir=container.settings.models_dir,
+        database_url=api.settings.database_url,
+        broker_url=api.settings.broker_url,
+        s3=_S3(api.settings),
+        bucket=api.settings.s3_bucket,
+        models_dir=api.settings.models_dir,
         webhook_allow_http="true",
         webhook_retry_schedule="0",
     )
-    job_id = make_job(container, owner, f"http://rebind.example:{receiver.port}/x")
-    start(container, job_id)
-    succeed(container, job_id)
+    job_id = make_job(api, owner, f"http://rebind.example:{receiver.port}/x")
+    start(api, job_id)
+    succeed(api, job_id)
     rebinding = WebhookContext(
         settings=strict,
-        store=container.webhook_store,
+        store=api.webhook_store,
         queue=queue,
         resolver=lambda host, port: ["127.0.0.1"],
     )
     ((event_id, attempt, _),) = queue.messages
     assert deliver(event_id, attempt, rebinding) is DeliveryOutcome.FAILED
     assert receiver.requests == []
-    (log,) = container.webhooks.deliveries(job_id, owner)
+    (log,) = api.webhooks.deliveries(job_id, owner)
     assert "loopback" in log.attempts[0].error
 
 
@@ -388,10 +386,10 @@ class _S3:
         self.secret_access_key = settings.s3_secret_access_key
 
 
-def test_broker_down_at_event_time_never_changes_the_job(container, queue, owner, receiver):
+def test_broker_down_at_event_time_never_changes_the_job(api, queue, owner, receiver):
     queue.fail = True
-    job_id = make_job(container, owner, receiver.url, events=("start", "completed"))
-    start(container, job_id)  # FanOutJobEvents logs the sink failure and carries on
-    finished = succeed(container, job_id)
+    job_id = make_job(api, owner, receiver.url, events=("start", "completed"))
+    start(api, job_id)  # FanOutJobEvents logs the sink failure and carries on
+    finished = succeed(api, job_id)
     assert finished.status is JobStatus.SUCCEEDED
-    assert container.jobs.get(job_id).status is JobStatus.SUCCEEDED
+    assert api.jobs.get(job_id).status is JobStatus.SUCCEEDED

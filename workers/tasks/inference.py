@@ -8,16 +8,16 @@ from typing import Any
 from celery import Task, shared_task
 
 from services.jobs.queue import INFERENCE_TASK
-from workers.context import get_worker_context
 from workers.heartbeat import IN_FLIGHT
 from workers.pipeline import NotServedHere, RetryLater, give_up, process_job
+from workers.roots import roots_of
 
 MISROUTED_RETRY_SECONDS = 30
 
 
 @shared_task(name=INFERENCE_TASK, bind=True, max_retries=8, acks_late=True)
 def run_inference(self: Task[Any, Any], job_id: str) -> str:
-    ctx = get_worker_context(self.app.conf.loupe_settings)
+    ctx = roots_of(self.app).inference()
     try:
         with IN_FLIGHT.track():  # slots_in_use in this worker's heartbeat
             return process_job(job_id, ctx).value

@@ -8,12 +8,13 @@ from celery import Task, shared_task
 
 from services.errors import Unavailable
 from services.webhooks.queue import DELIVER_TASK
-from workers.webhooks import deliver, get_webhook_context
+from workers.roots import roots_of
+from workers.webhooks import deliver
 
 
 @shared_task(name=DELIVER_TASK, bind=True, max_retries=20, acks_late=True)
 def deliver_webhook(self: Task[Any, Any], event_id: str, attempt: int) -> str:
-    ctx = get_webhook_context(self.app.conf.loupe_settings)
+    ctx = roots_of(self.app).light().deliveries
     try:
         return deliver(event_id, attempt, ctx).value
     except Unavailable as exc:

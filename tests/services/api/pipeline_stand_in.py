@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import select
 
 from services.clock import utcnow
-from services.container import Container
 from services.db.schema import jobs
+from tests.support.roots import ApiUnderTest
 
 
 class PipelineStandIn:
@@ -21,8 +21,8 @@ class PipelineStandIn:
     while queued (as the API does); otherwise it succeeds (``finish_reason`` default "stop").
     """
 
-    def __init__(self, container: Container, delay: float = 0.3, **outcome: Any) -> None:
-        self._container = container
+    def __init__(self, api: ApiUnderTest, delay: float = 0.3, **outcome: Any) -> None:
+        self._api = api
         self._delay = delay
         self._outcome = outcome
         self._stop = threading.Event()
@@ -38,8 +38,7 @@ class PipelineStandIn:
         self._thread.join()
 
     def _queued_ids(self) -> list[str]:
-        assert self._container.db_engine is not None
-        with self._container.db_engine.connect() as conn:
+        with self._api.db_engine.connect() as conn:
             return list(conn.execute(select(jobs.c.id).where(jobs.c.status == "queued")).scalars())
 
     def _run(self) -> None:
@@ -49,15 +48,15 @@ class PipelineStandIn:
                 self._finish(job_id)
 
     def _finish(self, job_id: str) -> None:
-        store = self._container.jobs
+        store = self._api.jobs
         if self._outcome.get("cancel"):
             assert store.cancel_queued(job_id, utcnow())
-            self._container.events.job_changed(store.get(job_id))
+            self._api.events.job_changed(store.get(job_id))
             self.finished[job_id] = time.monotonic()
             return
         job = store.claim(job_id, utcnow(), timedelta(seconds=60))
         assert job is not None
-        self._container.events.job_changed(job)
+        self._api.events.job_changed(job)
         if "error_code" in self._outcome:
             store.fail(
                 job_id,
@@ -78,5 +77,5 @@ class PipelineStandIn:
                 prompt_tokens=11,
                 completion_tokens=4,
             )
-        self._container.events.job_changed(store.get(job_id))
+        self._api.events.job_changed(store.get(job_id))
         self.finished[job_id] = time.monotonic()

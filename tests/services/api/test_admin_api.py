@@ -10,16 +10,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.admin.heartbeats import RedisHeartbeats
 from services.admin.types import WorkerInfo
-from services.api.app import create_app
 from services.auth.keys import Role
 from services.clock import utcnow
-from services.container import build_container
 from services.types import JobStatus
 from tests.conftest import auth
 from tests.helpers import chat_body
 from tests.services.admin.jobrows import add_job
 from tests.support.images import make_image
 from tests.support.keys import new_key
+from tests.support.roots import build_test_api
 
 
 @pytest.fixture
@@ -28,8 +27,8 @@ def settings(settings_for):
 
 
 @pytest.fixture
-def admin_key(container):
-    return new_key(container.keys, "root", Role.ADMIN).token
+def admin_key(api):
+    return new_key(api.keys, "root", Role.ADMIN).token
 
 
 def submit(client, key, n=1, **extra):
@@ -71,12 +70,12 @@ def test_admin_queues_without_admin_key_is_refused(client, user_key, key_name, s
 
 
 def test_admin_queues_reports_depth_age_jobs_workers_and_failures(
-    client, container, user_key, admin_key, broker_url
+    client, api, user_key, admin_key, broker_url
 ):
     submit(client, user_key, 2)
     submit(client, user_key, 1, priority="high")
-    owner = container.keys.authenticate(user_key).id
-    engine = container.db_engine
+    owner = api.keys.authenticate(user_key).id
+    engine = api.db_engine
     now = utcnow()
     add_job(engine, owner, created=now - timedelta(seconds=9), status="failed",
             started=now - timedelta(seconds=8), completed=now - timedelta(seconds=2),
@@ -110,11 +109,11 @@ def test_admin_queues_reports_depth_age_jobs_workers_and_failures(
     }  # fmt: skip
 
 
-def test_metrics_expose_queue_workers_and_job_families(client, container, user_key, broker_url):
+def test_metrics_expose_queue_workers_and_job_families(client, api, user_key, broker_url):
     submit(client, user_key, 2)
-    owner = container.keys.authenticate(user_key).id
+    owner = api.keys.authenticate(user_key).id
     now = utcnow()
-    add_job(container.db_engine, owner, created=now - timedelta(seconds=3), status="succeeded",
+    add_job(api.db_engine, owner, created=now - timedelta(seconds=3), status="succeeded",
             started=now - timedelta(seconds=2), completed=now, prompt_tokens=20,
             completion_tokens=5)  # fmt: skip
     beat(broker_url, slots=8)
@@ -141,27 +140,27 @@ def test_metrics_expose_queue_workers_and_job_families(client, container, user_k
 
 def test_metrics_with_token_setting_need_the_token(settings_for):
     settings = settings_for(metrics_token="s3cret")
-    container = build_container(settings)
+    api = build_test_api(settings)
     try:
-        client = create_app(container=container).test_client()
+        client = api.client()
         assert client.get("/metrics").status_code == 401
         wrong = client.get("/metrics", headers=auth("nope"))
         assert wrong.status_code == 401
         assert wrong.json["error"]["code"] == "invalid_metrics_token"
         assert client.get("/metrics", headers=auth("s3cret")).status_code == 200
     finally:
-        container.close()
+        api.close()
 
 
 def test_metrics_when_redis_is_down_is_503(settings_for):
     settings = settings_for(broker_url="redis://127.0.0.1:1/0")
-    container = build_container(settings)
+    api = build_test_api(settings)
     try:
-        response = create_app(container=container).test_client().get("/metrics")
+        response = api.client().get("/metrics")
         assert response.status_code == 503
         assert response.json["error"]["code"] == "unavailable"
     finally:
-        container.close()
+        api.close()
 
 
 def test_admin_page_is_public_html_with_its_assets(client):
@@ -182,10 +181,10 @@ def test_admin_page_is_public_html_with_its_assets(client):
 
 def test_admin_snapshot_is_cached_for_the_configured_time(settings_for, broker_url):
     settings = settings_for(metrics_cache_ms=60_000)
-    container = build_container(settings)
+    api = build_test_api(settings)
     try:
-        client = create_app(container=container).test_client()
-        admin = new_key(container.keys, "root", Role.ADMIN).token
+        client = api.client()
+        admin = new_key(api.keys, "root", Role.ADMIN).token
         first = client.get("/v1/admin/queues", headers=auth(admin)).json
         broker = redis.Redis.from_url(broker_url)
         broker.lpush("inference:5", "x")
@@ -193,4 +192,4 @@ def test_admin_snapshot_is_cached_for_the_configured_time(settings_for, broker_u
         second = client.get("/v1/admin/queues", headers=auth(admin)).json
         assert second == first
     finally:
-        container.close()
+        api.close()

@@ -33,12 +33,12 @@ def file_job(file_id: str, **extra):
     return body
 
 
-def count_files(container) -> int:
-    with container.db_engine.connect() as conn:
+def count_files(api) -> int:
+    with api.db_engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(files)).scalar_one())
 
 
-def test_upload_answers_201_with_the_file_and_stores_the_image(client, container, user_key):
+def test_upload_answers_201_with_the_file_and_stores_the_image(client, api, user_key):
     image = make_image(80, 60)
     response = upload(client, user_key, image)
     assert response.status_code == 201, response.json
@@ -52,11 +52,11 @@ def test_upload_answers_201_with_the_file_and_stores_the_image(client, container
     assert body["sha256"] == hashlib.sha256(image).hexdigest()
     assert body["expires_at"] is not None  # the retention period (30 days by default)
     key = f"images/{body['sha256'][:2]}/{body['sha256']}"
-    assert container.blobs.get(key) == image
+    assert api.blobs.get(key) == image
     assert client.get(f"/v1/files/{body['id']}", headers=auth(user_key)).json == body
 
 
-def test_bad_uploads_are_4xx_and_create_nothing(client, container, settings, s3_server, user_key):
+def test_bad_uploads_are_4xx_and_create_nothing(client, api, settings, s3_server, user_key):
     cases = [
         (upload(client, user_key, b"not an image", "x.txt"), 415, "unsupported_image_format"),
         (upload(client, user_key, make_image(300, 300, "BMP")), 413, "image_too_large"),  # < 500 KB: werkzeug's test client spools bigger bodies to a file it never closes
@@ -72,7 +72,7 @@ def test_bad_uploads_are_4xx_and_create_nothing(client, container, settings, s3_
     ]  # fmt: skip
     for response, status, code in cases:
         assert (response.status_code, response.json["error"]["code"]) == (status, code)
-    assert count_files(container) == 0
+    assert count_files(api) == 0
     assert count_objects(s3_server, settings.s3_bucket) == 0
 
 
@@ -89,29 +89,29 @@ def test_files_are_private_to_their_key_and_listed_newest_first(client, user_key
     assert client.get("/v1/files?sort=asc", headers=auth(user_key)).status_code == 422
 
 
-def test_a_job_names_an_uploaded_file(client, container, user_key):
+def test_a_job_names_an_uploaded_file(client, api, user_key):
     image = make_image(70, 40)
     file_id = upload(client, user_key, image).json["id"]
     response = client.post("/v1/jobs", json=file_job(file_id), headers=auth(user_key))
     assert response.status_code == 202, response.json
-    job = container.jobs.get(response.json["id"])
+    job = api.jobs.get(response.json["id"])
     assert [ref.sha256 for ref in job.images] == [hashlib.sha256(image).hexdigest()]
-    assert container.blobs.get(job.images[0].key) == image
+    assert api.blobs.get(job.images[0].key) == image
 
 
 def test_a_job_naming_a_missing_or_foreign_file_is_422_and_creates_nothing(
-    client, container, settings, user_key, other_key
+    client, api, settings, user_key, other_key
 ):
     theirs = upload(client, other_key, make_image()).json["id"]
     for file_id in (theirs, "file_doesnotexist"):
         response = client.post("/v1/jobs", json=file_job(file_id), headers=auth(user_key))
         assert response.status_code == 422
         assert response.json["error"]["code"] == "file_not_found"
-    assert count_jobs(container.db_engine) == 0 and queue_length(settings.broker_url) == 0
+    assert count_jobs(api.db_engine) == 0 and queue_length(settings.broker_url) == 0
 
 
 def test_delete_removes_the_file_and_its_image_unless_a_job_keeps_it(
-    client, container, settings, s3_server, user_key
+    client, api, settings, s3_server, user_key
 ):
     alone = upload(client, user_key, make_image(30, 30)).json
     shared = upload(client, user_key, make_image(40, 40)).json
@@ -124,33 +124,33 @@ def test_delete_removes_the_file_and_its_image_unless_a_job_keeps_it(
         assert client.get(f"/v1/files/{file['id']}", headers=auth(user_key)).status_code == 404
     # The queued job still needs the shared image; nothing needs the other one.
     assert count_objects(s3_server, settings.s3_bucket) == 1
-    assert container.blobs.exists(f"images/{shared['sha256'][:2]}/{shared['sha256']}")
+    assert api.blobs.exists(f"images/{shared['sha256'][:2]}/{shared['sha256']}")
     assert client.delete(f"/v1/files/{alone['id']}", headers=auth(user_key)).status_code == 404
 
 
 def test_retention_removes_old_files_and_keeps_images_that_files_keep(
-    client, container, settings, s3_server, user_key
+    client, api, settings, s3_server, user_key
 ):
     old = upload(client, user_key, make_image(30, 30)).json
     job_id = client.post("/v1/jobs", json=chat_body(make_image(44, 44)),
                          headers=auth(user_key)).json["id"]  # fmt: skip
-    job = container.jobs.claim(job_id, utcnow(), timedelta(seconds=60))
-    assert container.jobs.succeed(
+    job = api.jobs.claim(job_id, utcnow(), timedelta(seconds=60))
+    assert api.jobs.succeed(
         job_id, job.attempts, utcnow(), text="t", finish_reason="stop",
         prompt_tokens=1, completion_tokens=1,
     )  # fmt: skip
     # A file uploaded later keeps the finished job's image past the job's retention.
     kept = upload(client, user_key, make_image(44, 44)).json
-    files_ = container.files
+    files_ = api.files
     later = utcnow() + timedelta(days=31)
-    report = remove_old_data(container.jobs, container.blobs, later, timedelta(days=30),
+    report = remove_old_data(api.jobs, api.blobs, later, timedelta(days=30),
                              kept_elsewhere=files_.keeps_image)  # fmt: skip
     assert report.jobs == 1 and report.images_deleted == 0
-    assert container.blobs.exists(f"images/{kept['sha256'][:2]}/{kept['sha256']}")
+    assert api.blobs.exists(f"images/{kept['sha256'][:2]}/{kept['sha256']}")
     # The file retention: both files are past it once 31 days have gone by.
     assert files_.remove_expired(utcnow()) == 0
     assert files_.remove_expired(later) == 2
-    assert count_files(container) == 0
+    assert count_files(api) == 0
     assert count_objects(s3_server, settings.s3_bucket) == 0
     assert old["expires_at"] is not None
 
@@ -163,16 +163,16 @@ def test_odd_names_and_ids_are_handled_without_a_500(client, user_key):
     assert client.get("/v1/files?limit=\u00b2", headers=auth(user_key)).status_code == 422
 
 
-def test_deleting_a_file_keeps_an_image_stored_again_since_its_upload(container, user_key):
+def test_deleting_a_file_keeps_an_image_stored_again_since_its_upload(api, user_key):
     # The file was uploaded a minute ago; the same picture was stored again just now (a job
     # being submitted with it, whose row is not written yet): the image must stay.
     from services.files.service import FileService
     from services.storage.images import ImageLimits
 
-    owner = container.keys.authenticate(user_key).id
+    owner = api.keys.authenticate(user_key).id
     earlier = FileService(
-        store=container.files._store,
-        blobs=container.blobs,
+        store=api.files._store,
+        blobs=api.blobs,
         limits=ImageLimits(max_bytes=10**6, max_pixels=10**6, allowed_formats=("PNG",)),
         clock=lambda: utcnow() - timedelta(minutes=1),
         retention=None,
@@ -180,9 +180,9 @@ def test_deleting_a_file_keeps_an_image_stored_again_since_its_upload(container,
     )
     image = make_image(33, 33)
     file = earlier.upload(owner, image, "a.png")
-    container.blobs.put(file.image.key, image, "image/png")
+    api.blobs.put(file.image.key, image, "image/png")
     earlier.delete(owner, file.id)
-    assert container.blobs.exists(file.image.key)
+    assert api.blobs.exists(file.image.key)
 
 
 def test_file_content_returns_the_uploaded_bytes_to_their_owner_only(client, user_key, other_key):
@@ -195,7 +195,7 @@ def test_file_content_returns_the_uploaded_bytes_to_their_owner_only(client, use
     assert client.get(f"/v1/files/{file_id}/content", headers=auth(other_key)).status_code == 404
 
 
-def test_a_multipart_job_names_uploaded_files_with_file_id(client, container, user_key):
+def test_a_multipart_job_names_uploaded_files_with_file_id(client, api, user_key):
     image = make_image(52, 31)
     file_id = upload(client, user_key, image).json["id"]
     response = client.post(
@@ -205,7 +205,7 @@ def test_a_multipart_job_names_uploaded_files_with_file_id(client, container, us
         content_type="multipart/form-data",
     )
     assert response.status_code == 202, response.json
-    job = container.jobs.get(response.json["id"])
+    job = api.jobs.get(response.json["id"])
     assert [ref.sha256 for ref in job.images] == [hashlib.sha256(image).hexdigest()]
     missing = client.post(
         "/v1/jobs",

@@ -18,18 +18,18 @@ def _submit(client, key, body=None, **headers):
     return client.post("/v1/jobs", json=body or chat_body(make_image()), headers=headers)
 
 
-def test_idempotency_key_replay_returns_the_original_job(client, container, settings, user_key):
+def test_idempotency_key_replay_returns_the_original_job(client, api, settings, user_key):
     first = _submit(client, user_key, Idempotency_Key="order-42")
     again = _submit(client, user_key, Idempotency_Key="order-42")
     assert first.status_code == 202
     assert again.status_code == 200, again.json
     assert again.json["id"] == first.json["id"]
     assert again.headers["Idempotent-Replayed"] == "true"
-    assert count_jobs(container.db_engine) == 1
+    assert count_jobs(api.db_engine) == 1
     assert queue_length(settings.broker_url) == 1
 
 
-def test_idempotency_key_with_another_body_is_409(client, container, user_key):
+def test_idempotency_key_with_another_body_is_409(client, api, user_key):
     _submit(client, user_key, Idempotency_Key="order-42")
     other = _submit(
         client, user_key, chat_body(make_image(), prompt="Something else"),
@@ -37,29 +37,29 @@ def test_idempotency_key_with_another_body_is_409(client, container, user_key):
     )  # fmt: skip
     assert other.status_code == 409
     assert other.json["error"]["code"] == "idempotency_key_reused"
-    assert count_jobs(container.db_engine) == 1
+    assert count_jobs(api.db_engine) == 1
 
 
-def test_idempotency_keys_are_per_api_key(client, container, user_key, other_key):
+def test_idempotency_keys_are_per_api_key(client, api, user_key, other_key):
     mine = _submit(client, user_key, Idempotency_Key="same")
     theirs = _submit(client, other_key, Idempotency_Key="same")
     assert theirs.status_code == 202 and theirs.json["id"] != mine.json["id"]
-    assert count_jobs(container.db_engine) == 2
+    assert count_jobs(api.db_engine) == 2
 
 
-def test_idempotency_key_expires_after_its_window(client, container, user_key):
+def test_idempotency_key_expires_after_its_window(client, api, user_key):
     first = _submit(client, user_key, Idempotency_Key="k")
-    later = utcnow() + timedelta(seconds=container.settings.idempotency_window_seconds + 1)
-    container.job_service._clock = lambda: later  # the window has passed
+    later = utcnow() + timedelta(seconds=api.settings.idempotency_window_seconds + 1)
+    api.job_service._clock = lambda: later  # the window has passed
     again = _submit(client, user_key, Idempotency_Key="k")
     assert again.status_code == 202 and again.json["id"] != first.json["id"]
 
 
-def test_idempotency_key_must_be_visible_ascii(client, container, user_key):
+def test_idempotency_key_must_be_visible_ascii(client, api, user_key):
     response = _submit(client, user_key, Idempotency_Key="x" * 256)
     assert response.status_code == 422
     assert response.json["error"]["code"] == "invalid_idempotency_key"
-    assert count_jobs(container.db_engine) == 0
+    assert count_jobs(api.db_engine) == 0
 
 
 def test_ttl_sets_the_queue_deadline(client, user_key):
@@ -72,13 +72,13 @@ def test_ttl_sets_the_queue_deadline(client, user_key):
     "extra", [{"ttl_seconds": 0}, {"ttl_seconds": 10**9}, {"priority": "urgent"},
               {"timeout_seconds": 0}],
 )  # fmt: skip
-def test_bad_lifecycle_options_are_422_and_create_nothing(client, container, user_key, extra):
+def test_bad_lifecycle_options_are_422_and_create_nothing(client, api, user_key, extra):
     response = _submit(client, user_key, chat_body(make_image(), **extra))
     assert response.status_code == 422, response.json
-    assert count_jobs(container.db_engine) == 0
+    assert count_jobs(api.db_engine) == 0
 
 
-def test_multipart_accepts_priority_and_ttl(client, container, user_key):
+def test_multipart_accepts_priority_and_ttl(client, api, user_key):
     import io
 
     response = client.post(
@@ -89,7 +89,7 @@ def test_multipart_accepts_priority_and_ttl(client, container, user_key):
         content_type="multipart/form-data",
     )  # fmt: skip
     assert response.status_code == 202, response.json
-    job = container.jobs.get(response.json["id"])
+    job = api.jobs.get(response.json["id"])
     assert job.priority is Priority.HIGH and job.expires_at is not None
 
 

@@ -9,22 +9,21 @@ from typing import Any
 import pytest
 
 from services.clock import utcnow
-from services.container import Container
 from services.settings import Settings
 from tests.conftest import auth
 from tests.helpers import chat_body, count_jobs, count_objects, queue_length
 from tests.support.images import data_url, make_image
+from tests.support.roots import ApiUnderTest
 
 
-def _assert_nothing_created(container: Container, settings: Settings, s3: Any) -> None:
-    assert container.db_engine is not None
-    assert count_jobs(container.db_engine) == 0
+def _assert_nothing_created(api: ApiUnderTest, settings: Settings, s3: Any) -> None:
+    assert count_jobs(api.db_engine) == 0
     assert count_objects(s3, settings.s3_bucket) == 0
     assert queue_length(settings.broker_url) == 0
 
 
 def test_create_job_json_returns_202_and_stores_everything(
-    client, container, settings, s3_server, user_key
+    client, api, settings, s3_server, user_key
 ):
     image = make_image()
     response = client.post(
@@ -38,24 +37,24 @@ def test_create_job_json_returns_202_and_stores_everything(
     assert body["status"] == "queued"
     assert body["model"] == "loupe-tiny-mllama"
     assert body["output"] is None and body["usage"] is None and body["error"] is None
-    assert count_jobs(container.db_engine) == 1
+    assert count_jobs(api.db_engine) == 1
     assert count_objects(s3_server, settings.s3_bucket) == 1
     assert queue_length(settings.broker_url) == 1
-    job = container.jobs.get(body["id"])
+    job = api.jobs.get(body["id"])
     assert job.params.max_tokens == 8 and job.params.seed == 7 and job.params.stop == ("\n",)
     assert len(job.images) == 1 and job.images[0].width == 64
 
 
-def test_create_job_accepts_ignore_eos_and_text_format(client, container, user_key):
+def test_create_job_accepts_ignore_eos_and_text_format(client, api, user_key):
     body = chat_body(make_image(), ignore_eos=True, response_format={"type": "text"})
     response = client.post("/v1/jobs", json=body, headers=auth(user_key))
     assert response.status_code == 202, response.json
-    job = container.jobs.get(response.json["id"])
+    job = api.jobs.get(response.json["id"])
     assert job.params.ignore_eos is True
     assert job.params.response_format is None
 
 
-def test_create_job_multipart_returns_202(client, container, settings, user_key):
+def test_create_job_multipart_returns_202(client, api, settings, user_key):
     response = client.post(
         "/v1/jobs",
         data={
@@ -69,7 +68,7 @@ def test_create_job_multipart_returns_202(client, container, settings, user_key)
         content_type="multipart/form-data",
     )
     assert response.status_code == 202, response.json
-    job = container.jobs.get(response.json["id"])
+    job = api.jobs.get(response.json["id"])
     assert job.model == settings.default_model
     assert job.params.max_tokens == 5 and job.params.temperature == 0.5
     assert job.params.stop == ("a", "b")
@@ -78,14 +77,14 @@ def test_create_job_multipart_returns_202(client, container, settings, user_key)
     assert queue_length(settings.broker_url) == 1
 
 
-def test_same_image_is_stored_once(client, container, settings, s3_server, user_key):
+def test_same_image_is_stored_once(client, api, settings, s3_server, user_key):
     image = make_image()
     for _ in range(2):
         assert (
             client.post("/v1/jobs", json=chat_body(image), headers=auth(user_key)).status_code
             == 202
         )
-    assert count_jobs(container.db_engine) == 2
+    assert count_jobs(api.db_engine) == 2
     assert count_objects(s3_server, settings.s3_bucket) == 1
 
 
@@ -241,13 +240,13 @@ BAD_JSON_BODIES: list[tuple[str, Any, int, str]] = [
     [pytest.param(b, s, c, id=name) for name, b, s, c in BAD_JSON_BODIES],
 )
 def test_create_job_bad_json_is_4xx_and_creates_nothing(
-    client, container, settings, s3_server, user_key, body, status, code
+    client, api, settings, s3_server, user_key, body, status, code
 ):
     response = client.post("/v1/jobs", json=body, headers=auth(user_key))
     assert response.status_code == status, response.json
     assert response.json["error"]["code"] == code
     assert response.json["error"]["message"]
-    _assert_nothing_created(container, settings, s3_server)
+    _assert_nothing_created(api, settings, s3_server)
 
 
 @pytest.mark.parametrize(
@@ -259,26 +258,26 @@ def test_create_job_bad_json_is_4xx_and_creates_nothing(
         ({"Authorization": "Basic abc"}, "missing_api_key"),
     ],
 )
-def test_create_job_without_valid_key_is_401(client, container, settings, s3_server, headers, code):
+def test_create_job_without_valid_key_is_401(client, api, settings, s3_server, headers, code):
     response = client.post("/v1/jobs", json=chat_body(make_image()), headers=headers)
     assert response.status_code == 401
     assert response.json["error"]["code"] == code
-    _assert_nothing_created(container, settings, s3_server)
+    _assert_nothing_created(api, settings, s3_server)
 
 
-def test_create_job_malformed_json_is_400(client, container, settings, s3_server, user_key):
+def test_create_job_malformed_json_is_400(client, api, settings, s3_server, user_key):
     response = client.post(
         "/v1/jobs", data="{not json", headers=auth(user_key), content_type="application/json"
     )
     assert response.status_code == 400
     assert response.json["error"]["code"] == "invalid_json"
-    _assert_nothing_created(container, settings, s3_server)
+    _assert_nothing_created(api, settings, s3_server)
 
 
-def test_create_job_wrong_content_type_is_415(client, container, settings, s3_server, user_key):
+def test_create_job_wrong_content_type_is_415(client, api, settings, s3_server, user_key):
     response = client.post("/v1/jobs", data="x", headers=auth(user_key), content_type="text/plain")
     assert response.status_code == 415
-    _assert_nothing_created(container, settings, s3_server)
+    _assert_nothing_created(api, settings, s3_server)
 
 
 @pytest.mark.parametrize(
@@ -297,24 +296,24 @@ def test_create_job_wrong_content_type_is_415(client, container, settings, s3_se
     ],
 )  # fmt: skip
 def test_create_job_bad_multipart_is_4xx_and_creates_nothing(
-    client, container, settings, s3_server, user_key, form, status, code
+    client, api, settings, s3_server, user_key, form, status, code
 ):
     response = client.post(
         "/v1/jobs", data=form, headers=auth(user_key), content_type="multipart/form-data"
     )
     assert response.status_code == status, response.json
     assert response.json["error"]["code"] == code
-    _assert_nothing_created(container, settings, s3_server)
+    _assert_nothing_created(api, settings, s3_server)
 
 
-def test_request_over_body_limit_is_413(client, container, settings, s3_server, user_key):
+def test_request_over_body_limit_is_413(client, api, settings, s3_server, user_key):
     big = b"x" * (settings.max_request_bytes + 1)
     response = client.post(
         "/v1/jobs", data=big, headers=auth(user_key), content_type="application/json"
     )
     assert response.status_code == 413
     assert response.json["error"]["code"] == "payload_too_large"
-    _assert_nothing_created(container, settings, s3_server)
+    _assert_nothing_created(api, settings, s3_server)
 
 
 def test_list_models_shows_limits_and_prices(client, user_key):
@@ -340,7 +339,7 @@ def test_unknown_route_is_json_404(client):
     assert response.json["error"]["code"] == "not_found"
 
 
-def test_cancel_queued_job_never_runs(client, container, user_key, other_key):
+def test_cancel_queued_job_never_runs(client, api, user_key, other_key):
     job_id = client.post("/v1/jobs", json=chat_body(make_image()), headers=auth(user_key)).json[
         "id"
     ]
@@ -352,27 +351,27 @@ def test_cancel_queued_job_never_runs(client, container, user_key, other_key):
     again = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(user_key))
     assert again.status_code == 200
     assert again.json["status"] == "canceled"
-    assert container.jobs.claim(job_id, utcnow(), timedelta(seconds=60)) is None
+    assert api.jobs.claim(job_id, utcnow(), timedelta(seconds=60)) is None
 
 
-def test_cancel_running_job_flags_it_for_the_worker(client, container, user_key):
+def test_cancel_running_job_flags_it_for_the_worker(client, api, user_key):
     job_id = client.post("/v1/jobs", json=chat_body(make_image()), headers=auth(user_key)).json[
         "id"
     ]
-    container.jobs.claim(job_id, utcnow(), timedelta(seconds=60))
+    api.jobs.claim(job_id, utcnow(), timedelta(seconds=60))
     response = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(user_key))
     assert response.status_code == 200
     assert response.json["status"] == "running"
     assert response.json["cancel_requested"] is True
-    assert container.jobs.cancel_requested([job_id]) == {job_id}
+    assert api.jobs.cancel_requested([job_id]) == {job_id}
 
 
-def test_cancel_finished_job_is_409(client, container, user_key):
+def test_cancel_finished_job_is_409(client, api, user_key):
     job_id = client.post("/v1/jobs", json=chat_body(make_image()), headers=auth(user_key)).json[
         "id"
     ]
-    job = container.jobs.claim(job_id, utcnow(), timedelta(seconds=60))
-    container.jobs.succeed(
+    job = api.jobs.claim(job_id, utcnow(), timedelta(seconds=60))
+    api.jobs.succeed(
         job_id, job.attempts, utcnow(), text="x", finish_reason="stop",
         prompt_tokens=1, completion_tokens=1,
     )  # fmt: skip

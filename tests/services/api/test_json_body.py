@@ -58,14 +58,14 @@ def test_text_that_is_not_json_is_a_400(text: str) -> None:
 @pytest.mark.parametrize("where", ["root", "metadata", "json_schema"])
 @pytest.mark.parametrize("path", ["/v1/jobs", "/v1/chat/completions"])
 def test_deep_json_anywhere_in_a_job_is_a_400_that_creates_nothing(
-    client, container, settings, s3_server, user_key, where: str, path: str
+    client, api, settings, s3_server, user_key, where: str, path: str
 ) -> None:
     response = client.post(
         path, data=_job_with(where, 10_000), content_type="application/json", headers=auth(user_key)
     )
     assert response.status_code == 400, response.json
     assert response.json["error"]["code"] == "invalid_json"
-    assert count_jobs(container.db_engine) == 0
+    assert count_jobs(api.db_engine) == 0
     assert count_objects(s3_server, settings.s3_bucket) == 0
 
 

@@ -8,19 +8,18 @@ from decimal import Decimal
 import pytest
 import redis
 
-from services.api.app import create_app
 from services.clock import utcnow
-from services.container import build_container
 from tests.conftest import auth
 from tests.helpers import chat_body, count_jobs, count_objects, queue_length
 from tests.support.images import make_image
 from tests.support.keys import new_key
 from tests.support.models import LLAMA_90B
+from tests.support.roots import build_test_api
 
 
 @pytest.fixture
-def key_id(container, user_key) -> str:
-    return container.keys.authenticate(user_key).id
+def key_id(api, user_key) -> str:
+    return api.keys.authenticate(user_key).id
 
 
 def _submit(client, key: str, shade: int = 0, **extra):
@@ -28,27 +27,27 @@ def _submit(client, key: str, shade: int = 0, **extra):
     return client.post("/v1/jobs", json=chat_body(image, **extra), headers=auth(key))
 
 
-def _counts(container, settings, s3_server) -> tuple[int, int, int]:
+def _counts(api, settings, s3_server) -> tuple[int, int, int]:
     return (
-        count_jobs(container.db_engine),
+        count_jobs(api.db_engine),
         count_objects(s3_server, settings.s3_bucket),
         queue_length(settings.broker_url),
     )
 
 
 def test_quota_rate_limit_is_429_with_retry_after_and_creates_nothing(
-    client, container, settings, s3_server, user_key, key_id
+    client, api, settings, s3_server, user_key, key_id
 ):
-    container.quotas.update(key_id, utcnow(), requests_per_minute=2)
+    api.quotas.update(key_id, utcnow(), requests_per_minute=2)
     assert _submit(client, user_key, 1).status_code == 202
     assert _submit(client, user_key, 2).status_code == 202
-    before = _counts(container, settings, s3_server)
+    before = _counts(api, settings, s3_server)
     response = _submit(client, user_key, 3)
     assert response.status_code == 429
     assert response.json["error"]["code"] == "rate_limited"
     assert "2 requests per minute" in response.json["error"]["message"]
     assert 1 <= int(response.headers["Retry-After"]) <= 60
-    assert _counts(container, settings, s3_server) == before == (2, 2, 2)
+    assert _counts(api, settings, s3_server) == before == (2, 2, 2)
     # The count lives in Redis, with an expiry, where every API process sees it.
     client_redis = redis.Redis.from_url(settings.broker_url)
     keys = client_redis.keys(f"loupe:rate:{key_id}:*")
@@ -56,86 +55,86 @@ def test_quota_rate_limit_is_429_with_retry_after_and_creates_nothing(
     client_redis.close()
 
 
-def test_quota_rate_limit_is_shared_by_api_processes(client, settings, container, user_key, key_id):
-    container.quotas.update(key_id, utcnow(), requests_per_minute=1)
-    second = build_container(settings)  # another API process: its own pools, same Redis
+def test_quota_rate_limit_is_shared_by_api_processes(client, settings, api, user_key, key_id):
+    api.quotas.update(key_id, utcnow(), requests_per_minute=1)
+    second = build_test_api(settings)  # another API process: its own pools, same Redis
     try:
         assert _submit(client, user_key, 1).status_code == 202
-        response = _submit(create_app(container=second).test_client(), user_key, 2)
+        response = _submit(second.client(), user_key, 2)
         assert response.status_code == 429
     finally:
         second.close()
 
 
 def test_quota_max_queued_is_429_and_creates_nothing(
-    client, container, settings, s3_server, user_key, other_key, key_id
+    client, api, settings, s3_server, user_key, other_key, key_id
 ):
-    container.quotas.update(key_id, utcnow(), max_queued=1)
+    api.quotas.update(key_id, utcnow(), max_queued=1)
     assert _submit(client, user_key, 1).status_code == 202
     response = _submit(client, user_key, 2)
     assert response.status_code == 429
     assert response.json["error"]["code"] == "too_many_queued_jobs"
     assert response.headers["Retry-After"] == "10"
-    assert _counts(container, settings, s3_server) == (1, 1, 1)
+    assert _counts(api, settings, s3_server) == (1, 1, 1)
     assert _submit(client, other_key, 3).status_code == 202  # other keys are not limited
 
 
 def test_quota_max_running_is_429_and_creates_nothing(
-    client, container, settings, s3_server, user_key, key_id
+    client, api, settings, s3_server, user_key, key_id
 ):
-    container.quotas.update(key_id, utcnow(), max_running=1)
+    api.quotas.update(key_id, utcnow(), max_running=1)
     job_id = _submit(client, user_key, 1).json["id"]
     assert _submit(client, user_key, 2).status_code == 202  # queued jobs do not count
-    assert container.jobs.claim(job_id, utcnow(), timedelta(seconds=60)) is not None
-    before = _counts(container, settings, s3_server)
+    assert api.jobs.claim(job_id, utcnow(), timedelta(seconds=60)) is not None
+    before = _counts(api, settings, s3_server)
     response = _submit(client, user_key, 3)
     assert response.status_code == 429
     assert response.json["error"]["code"] == "too_many_running_jobs"
     assert "Retry-After" in response.headers
-    assert _counts(container, settings, s3_server) == before
+    assert _counts(api, settings, s3_server) == before
 
 
 def test_quota_spend_cap_is_402_and_creates_nothing(
-    client, container, settings, s3_server, user_key, key_id
+    client, api, settings, s3_server, user_key, key_id
 ):
     body = _submit(client, user_key, 1, model=LLAMA_90B, max_tokens=1000).json
     estimate = Decimal(body["estimated_cost"]["max"])
     # Room for exactly one more such job besides the one queued (its maximum is reserved).
-    container.quotas.update(key_id, utcnow(), monthly_spend_usd=estimate * 2)
+    api.quotas.update(key_id, utcnow(), monthly_spend_usd=estimate * 2)
     assert _submit(client, user_key, 2, model=LLAMA_90B, max_tokens=1000).status_code == 202
-    before = _counts(container, settings, s3_server)
+    before = _counts(api, settings, s3_server)
     response = _submit(client, user_key, 3, model=LLAMA_90B, max_tokens=1000)
     assert response.status_code == 402
     assert response.json["error"]["code"] == "spend_limit_reached"
     assert "Monthly spend cap of $" in response.json["error"]["message"]
-    assert _counts(container, settings, s3_server) == before == (2, 2, 2)
+    assert _counts(api, settings, s3_server) == before == (2, 2, 2)
 
 
 def test_quota_spend_cap_counts_billed_cost_not_the_estimate_once_finished(
-    client, container, user_key, key_id
+    client, api, user_key, key_id
 ):
     job_id = _submit(client, user_key, 1, model=LLAMA_90B, max_tokens=4000).json["id"]
-    estimate = container.jobs.get(job_id).estimated_cost_max
-    container.quotas.update(key_id, utcnow(), monthly_spend_usd=estimate * Decimal("1.5"))
+    estimate = api.jobs.get(job_id).estimated_cost_max
+    api.quotas.update(key_id, utcnow(), monthly_spend_usd=estimate * Decimal("1.5"))
     assert _submit(client, user_key, 2, model=LLAMA_90B, max_tokens=4000).status_code == 402
-    job = container.jobs.claim(job_id, utcnow(), timedelta(seconds=60))
+    job = api.jobs.claim(job_id, utcnow(), timedelta(seconds=60))
     # It finishes having cost far less than its maximum: the cap now counts what was billed.
-    assert container.jobs.succeed(
+    assert api.jobs.succeed(
         job_id, job.attempts, utcnow(), text="t", finish_reason="stop",
         prompt_tokens=20, completion_tokens=5,
     )  # fmt: skip
     assert _submit(client, user_key, 3, model=LLAMA_90B, max_tokens=4000).status_code == 202
 
 
-def test_quota_unset_limits_are_unlimited(client, container, user_key, key_id):
-    container.quotas.update(key_id, utcnow(), max_queued=1, requests_per_minute=1)
-    container.quotas.update(key_id, utcnow(), max_queued=None, requests_per_minute=None)
+def test_quota_unset_limits_are_unlimited(client, api, user_key, key_id):
+    api.quotas.update(key_id, utcnow(), max_queued=1, requests_per_minute=1)
+    api.quotas.update(key_id, utcnow(), max_queued=None, requests_per_minute=None)
     for shade in range(3):
         assert _submit(client, user_key, shade).status_code == 202
 
 
-def test_quota_free_model_under_zero_cap_still_runs(client, container, user_key, key_id):
-    container.quotas.update(key_id, utcnow(), monthly_spend_usd=Decimal(0))
+def test_quota_free_model_under_zero_cap_still_runs(client, api, user_key, key_id):
+    api.quotas.update(key_id, utcnow(), monthly_spend_usd=Decimal(0))
     assert _submit(client, user_key, 1).status_code == 202  # the tiny model is free
     assert _submit(client, user_key, 2, model=LLAMA_90B).status_code == 402
 
@@ -146,11 +145,11 @@ def test_quota_is_checked_with_other_settings_too(redis_server, settings_for):
         broker_url=f"redis://127.0.0.1:{redis_server.port}/0",
         redis_url=f"redis://127.0.0.1:{redis_server.port}/2",
     )
-    c = build_container(settings)
+    c = build_test_api(settings)
     try:
         key = new_key(c.keys, "k")
         c.quotas.update(key.id, utcnow(), requests_per_minute=1)
-        app = create_app(container=c).test_client()
+        app = c.client()
         assert _submit(app, key.token, 1).status_code == 202
         assert _submit(app, key.token, 2).status_code == 429
         r = redis.Redis.from_url(settings.redis_url)
@@ -162,19 +161,19 @@ def test_quota_is_checked_with_other_settings_too(redis_server, settings_for):
 
 
 def test_quota_endpoint_shows_limits_and_where_the_key_stands(
-    client, container, user_key, other_key, key_id
+    client, api, user_key, other_key, key_id
 ):
     assert client.get("/v1/quota").status_code == 401
     unlimited = client.get("/v1/quota", headers=auth(user_key)).json
     assert unlimited["limits"] == {"monthly_spend_usd": None, "max_queued": None,
                                    "max_running": None, "requests_per_minute": None}  # fmt: skip
     assert unlimited["current"]["available_usd"] is None
-    container.quotas.update(
+    api.quotas.update(
         key_id, utcnow(), monthly_spend_usd=Decimal("5"), max_queued=10, requests_per_minute=100
     )
     finished = _submit(client, user_key, 1, model=LLAMA_90B, max_tokens=100).json["id"]
-    job = container.jobs.claim(finished, utcnow(), timedelta(seconds=60))
-    assert container.jobs.succeed(
+    job = api.jobs.claim(finished, utcnow(), timedelta(seconds=60))
+    assert api.jobs.succeed(
         finished, job.attempts, utcnow(), text="t", finish_reason="stop",
         prompt_tokens=1_000_000, completion_tokens=100_000,
     )  # fmt: skip

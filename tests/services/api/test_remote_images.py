@@ -37,15 +37,15 @@ def url_body(url: str, **extra):
     return body
 
 
-def _nothing_created(container, settings, s3_server) -> bool:
+def _nothing_created(api, settings, s3_server) -> bool:
     return (
-        count_jobs(container.db_engine),
+        count_jobs(api.db_engine),
         count_objects(s3_server, settings.s3_bucket),
         queue_length(settings.broker_url),
     ) == (0, 0, 0)
 
 
-def test_an_image_url_is_fetched_and_stored_like_an_upload(client, container, user_key,
+def test_an_image_url_is_fetched_and_stored_like_an_upload(client, api, user_key,
                                                            image_server):  # fmt: skip
     image = make_image(70, 50)
     image_server.routes["/cat.png"] = (200, {"Content-Type": "image/png"}, image)
@@ -53,13 +53,13 @@ def test_an_image_url_is_fetched_and_stored_like_an_upload(client, container, us
         "/v1/jobs", json=url_body(image_server.url("/cat.png")), headers=auth(user_key)
     )
     assert response.status_code == 202, response.json
-    job = container.jobs.get(response.json["id"])
+    job = api.jobs.get(response.json["id"])
     assert [ref.sha256 for ref in job.images] == [hashlib.sha256(image).hexdigest()]
-    assert container.blobs.get(job.images[0].key) == image
+    assert api.blobs.get(job.images[0].key) == image
     # The same picture sent inline is the same content-addressed object.
     inline = "data:image/png;base64," + base64.b64encode(image).decode()
     again = client.post("/v1/jobs", json=url_body(inline), headers=auth(user_key))
-    assert container.jobs.get(again.json["id"]).images[0].key == job.images[0].key
+    assert api.jobs.get(again.json["id"]).images[0].key == job.images[0].key
 
 
 def test_an_idempotent_replay_matches_by_url_and_does_not_fetch_again(
@@ -85,7 +85,7 @@ def test_an_idempotent_replay_matches_by_url_and_does_not_fetch_again(
     ],
 )  # fmt: skip
 def test_a_failing_image_url_is_a_4xx_and_creates_nothing(
-    client, container, settings, s3_server, user_key, image_server, path, route, status, code
+    client, api, settings, s3_server, user_key, image_server, path, route, status, code
 ):
     if route is not None:
         image_server.routes[path] = route
@@ -94,14 +94,12 @@ def test_a_failing_image_url_is_a_4xx_and_creates_nothing(
     )
     assert response.status_code == status, response.json
     assert response.json["error"]["code"] == code
-    assert _nothing_created(container, settings, s3_server)
+    assert _nothing_created(api, settings, s3_server)
 
 
-def test_targets_outside_the_allowlist_are_refused(
-    client, container, settings, s3_server, user_key
-):
+def test_targets_outside_the_allowlist_are_refused(client, api, settings, s3_server, user_key):
     for url in ("https://10.0.0.7/a.png", "http://169.254.169.254/latest", "https://[::1]/a.png"):
         response = client.post("/v1/jobs", json=url_body(url), headers=auth(user_key))
         assert response.status_code == 422
         assert response.json["error"]["code"] == "invalid_image_url", response.json
-    assert _nothing_created(container, settings, s3_server)
+    assert _nothing_created(api, settings, s3_server)

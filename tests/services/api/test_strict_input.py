@@ -17,8 +17,8 @@ from tests.support.images import make_image
 PUBLIC_HOOK = "https://93.184.215.14/hook"  # a public address literal: no DNS, passes the guard
 
 
-def _assert_nothing_created(container, settings, s3) -> None:
-    assert count_jobs(container.db_engine) == 0
+def _assert_nothing_created(api, settings, s3) -> None:
+    assert count_jobs(api.db_engine) == 0
     assert count_objects(s3, settings.s3_bucket) == 0
     assert queue_length(settings.broker_url) == 0
 
@@ -54,7 +54,7 @@ NOT_NUMBERS = [
     ("field", "value"), NOT_NUMBERS, ids=[f"{f}={v!r}" for f, v in NOT_NUMBERS]
 )
 def test_json_numbers_must_be_numbers_and_flags_flags(
-    client, container, settings, s3_server, user_key, field: str, value: Any
+    client, api, settings, s3_server, user_key, field: str, value: Any
 ) -> None:
     response = client.post(
         "/v1/jobs", json=chat_body(make_image(), **{field: value}), headers=auth(user_key)
@@ -62,7 +62,7 @@ def test_json_numbers_must_be_numbers_and_flags_flags(
     assert response.status_code == 422, response.json
     assert response.json["error"]["code"] == "invalid_parameter"
     assert field in response.json["error"]["message"]
-    _assert_nothing_created(container, settings, s3_server)
+    _assert_nothing_created(api, settings, s3_server)
 
 
 def test_a_json_schema_strict_flag_must_be_a_bool(client, user_key) -> None:
@@ -102,19 +102,19 @@ UNCLEAN = {
 
 @pytest.mark.parametrize("body", UNCLEAN.values(), ids=UNCLEAN.keys())
 def test_control_characters_and_lone_surrogates_are_422_on_json(
-    client, container, settings, s3_server, user_key, body: dict[str, Any]
+    client, api, settings, s3_server, user_key, body: dict[str, Any]
 ) -> None:
     response = client.post("/v1/jobs", json=body, headers=auth(user_key))
     assert response.status_code == 422, response.json
     assert response.json["error"]["code"] == "invalid_parameter"
-    _assert_nothing_created(container, settings, s3_server)
+    _assert_nothing_created(api, settings, s3_server)
 
 
-def test_tab_cr_and_lf_stay_allowed_in_prompt_text_and_stops(client, container, user_key) -> None:
+def test_tab_cr_and_lf_stay_allowed_in_prompt_text_and_stops(client, api, user_key) -> None:
     body = chat_body(make_image(), prompt="line one\r\n\tline two", stop=["\n"])
     response = client.post("/v1/jobs", json=body, headers=auth(user_key))
     assert response.status_code == 202, response.json
-    job = container.jobs.get(response.json["id"])
+    job = api.jobs.get(response.json["id"])
     assert job.messages[0].content[1].text == "line one\r\n\tline two"
 
 
@@ -137,23 +137,23 @@ UNCLEAN_FORMS = {
 
 @pytest.mark.parametrize("form", UNCLEAN_FORMS.values(), ids=UNCLEAN_FORMS.keys())
 def test_the_same_rules_hold_on_multipart(
-    client, container, settings, s3_server, user_key, form: dict[str, Any]
+    client, api, settings, s3_server, user_key, form: dict[str, Any]
 ) -> None:
     response = client.post(
         "/v1/jobs", data=form, headers=auth(user_key), content_type="multipart/form-data"
     )
     assert response.status_code == 422, response.json
     assert response.json["error"]["code"] == "invalid_parameter"
-    _assert_nothing_created(container, settings, s3_server)
+    _assert_nothing_created(api, settings, s3_server)
 
 
-def test_multipart_fields_are_text_that_parses_to_their_types(client, container, user_key) -> None:
+def test_multipart_fields_are_text_that_parses_to_their_types(client, api, user_key) -> None:
     form = _form(max_tokens="7", temperature="0.5", top_k="-1", ignore_eos="true", seed="3")
     response = client.post(
         "/v1/jobs", data=form, headers=auth(user_key), content_type="multipart/form-data"
     )
     assert response.status_code == 202, response.json
-    params = container.jobs.get(response.json["id"]).params
+    params = api.jobs.get(response.json["id"]).params
     assert (params.max_tokens, params.temperature, params.top_k) == (7, 0.5, -1)
     assert (params.ignore_eos, params.seed) == (True, 3)
 

@@ -22,29 +22,27 @@ T0 = datetime(2026, 10, 5, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def admin_key(container) -> str:
-    return new_key(container.keys, "root", Role.ADMIN).token
+def admin_key(api) -> str:
+    return new_key(api.keys, "root", Role.ADMIN).token
 
 
-def _finish(container, owner_key: str, job_id: str, model: str, when: datetime, **kw) -> None:
-    owner = container.keys.authenticate(owner_key).id
-    card = container.registry.get(model).price
-    insert_job(container.jobs, owner, when, job_id=job_id, price=card, model=model)
-    run_to(container.jobs, job_id, kw.pop("outcome", "succeeded"), when, **kw)
+def _finish(api, owner_key: str, job_id: str, model: str, when: datetime, **kw) -> None:
+    owner = api.keys.authenticate(owner_key).id
+    card = api.registry.get(model).price
+    insert_job(api.jobs, owner, when, job_id=job_id, price=card, model=model)
+    run_to(api.jobs, job_id, kw.pop("outcome", "succeeded"), when, **kw)
 
 
 @pytest.fixture
-def history(container, user_key, other_key):
+def history(api, user_key, other_key):
     """Billed jobs for two keys over three days in October 2026, two models."""
     for i in range(9):
         model = LLAMA_90B if i % 3 else LLAMA_11B
         when = T0 + timedelta(days=i % 3, hours=i)
-        _finish(
-            container, user_key, f"job_u{i}", model, when, prompt=1000 * (i + 1), completion=37 * i
-        )
-    _finish(container, user_key, "job_uf", LLAMA_90B, T0, outcome="failed", prompt=5, completion=1)
-    _finish(container, user_key, "job_uq", LLAMA_90B, T0, outcome="canceled_queued")
-    _finish(container, other_key, "job_o1", LLAMA_90B, T0, prompt=10**6, completion=10**5)
+        _finish(api, user_key, f"job_u{i}", model, when, prompt=1000 * (i + 1), completion=37 * i)
+    _finish(api, user_key, "job_uf", LLAMA_90B, T0, outcome="failed", prompt=5, completion=1)
+    _finish(api, user_key, "job_uq", LLAMA_90B, T0, outcome="canceled_queued")
+    _finish(api, other_key, "job_o1", LLAMA_90B, T0, prompt=10**6, completion=10**5)
 
 
 def _rows(text: str) -> list[dict[str, str]]:
@@ -74,7 +72,7 @@ def test_usage_csv_totals_equal_json_totals(client, user_key, history, group_by)
         assert sum(Decimal(d["cost"][part]) for d in body["data"]) == Decimal(totals["cost"][part])
 
 
-def test_usage_json_matches_the_jobs_own_costs(client, container, user_key, history):
+def test_usage_json_matches_the_jobs_own_costs(client, api, user_key, history):
     body = client.get("/v1/usage?from=2026-10-01&to=2026-10-31", headers=auth(user_key)).json
     job_ids = [f"job_u{i}" for i in range(9)] + ["job_uf"]
     costs = [
@@ -105,9 +103,9 @@ def test_usage_range_filters_by_utc_day(client, user_key, history):
     assert body["totals"]["jobs"] == 3
 
 
-def test_usage_default_range_is_the_current_month(client, container, user_key):
-    _finish(container, user_key, "job_now", LLAMA_90B, utcnow(), prompt=10, completion=2)
-    _finish(container, user_key, "job_old", LLAMA_90B, utcnow() - timedelta(days=40))
+def test_usage_default_range_is_the_current_month(client, api, user_key):
+    _finish(api, user_key, "job_now", LLAMA_90B, utcnow(), prompt=10, completion=2)
+    _finish(api, user_key, "job_old", LLAMA_90B, utcnow() - timedelta(days=40))
     body = client.get("/v1/usage", headers=auth(user_key)).json
     today = utcnow().date()
     assert (body["from"], body["to"]) == (today.replace(day=1).isoformat(), today.isoformat())
@@ -148,7 +146,7 @@ def test_usage_bad_query_is_422(client, user_key, query):
     assert response.json["error"]["code"] == "invalid_parameter"
 
 
-def test_submit_answer_carries_estimated_cost(client, container, user_key):
+def test_submit_answer_carries_estimated_cost(client, api, user_key):
     response = client.post(
         "/v1/jobs",
         json=chat_body(make_image(), prompt="Describe it.", model=LLAMA_90B, max_tokens=100),

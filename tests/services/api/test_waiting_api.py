@@ -40,10 +40,10 @@ def test_get_job_rejects_a_bad_wait(client, user_key, value):
     assert response.json["error"]["code"] == "invalid_wait"
 
 
-def test_get_job_wait_returns_as_soon_as_the_job_finishes(client, container, user_key):
+def test_get_job_wait_returns_as_soon_as_the_job_finishes(client, api, user_key):
     job_id = _submit(client, user_key).json["id"]
-    assert container.waiter is not None and container.waiter.start(timeout=10)
-    with PipelineStandIn(container, delay=0.5) as pipeline:
+    assert api.waiter is not None and api.waiter.start(timeout=10)
+    with PipelineStandIn(api, delay=0.5) as pipeline:
         started = time.monotonic()
         response = client.get(f"/v1/jobs/{job_id}?wait={MAX_WAIT}", headers=auth(user_key))
         returned = time.monotonic()
@@ -70,14 +70,14 @@ def test_get_job_wait_still_hides_other_keys_jobs(client, user_key, other_key):
     assert client.get("/v1/jobs/job_nope?wait=1", headers=auth(user_key)).status_code == 404
 
 
-def test_get_job_wait_answers_at_once_when_the_waiter_cap_is_reached(client, container, user_key):
+def test_get_job_wait_answers_at_once_when_the_waiter_cap_is_reached(client, api, user_key):
     """Waiting never takes the threads plain requests need: beyond the cap, no wait."""
     job_id = _submit(client, user_key).json["id"]
-    assert container.waiter is not None
+    assert api.waiter is not None
     held = []
-    while (slot := container.waiter.acquire()) is not None:
+    while (slot := api.waiter.acquire()) is not None:
         held.append(slot)
-    assert len(held) == container.settings.max_waiters_per_process == 24
+    assert len(held) == api.settings.max_waiters_per_process == 24
     try:
         started = time.monotonic()
         response = client.get(f"/v1/jobs/{job_id}?wait={MAX_WAIT}", headers=auth(user_key))
@@ -92,8 +92,8 @@ def test_get_job_wait_answers_at_once_when_the_waiter_cap_is_reached(client, con
             slot.release()
 
 
-def test_prefer_wait_returns_the_finished_job_with_200(client, container, user_key):
-    with PipelineStandIn(container):
+def test_prefer_wait_returns_the_finished_job_with_200(client, api, user_key):
+    with PipelineStandIn(api):
         response = _submit(client, user_key, Prefer=f"wait={MAX_WAIT}")
     assert response.status_code == 200, response.json
     assert response.json["status"] == "succeeded"
@@ -111,22 +111,22 @@ def test_prefer_wait_too_short_returns_202(client, user_key):
     assert response.headers["Preference-Applied"] == "wait=1"
 
 
-def test_prefer_wait_is_capped_at_the_maximum(client, container, user_key):
-    with PipelineStandIn(container):
+def test_prefer_wait_is_capped_at_the_maximum(client, api, user_key):
+    with PipelineStandIn(api):
         response = _submit(client, user_key, Prefer="wait=3600")
     assert response.status_code == 200
     assert response.headers["Preference-Applied"] == f"wait={MAX_WAIT}"
 
 
 @pytest.mark.parametrize("prefer", ["wait=soon", "wait=-1", "wait=", "wait=1.5", "wait=0"])
-def test_prefer_wait_malformed_is_ignored(client, container, user_key, prefer):
+def test_prefer_wait_malformed_is_ignored(client, api, user_key, prefer):
     """RFC 7240: a preference the server cannot understand is ignored (no 400)."""
     started = time.monotonic()
     response = _submit(client, user_key, Prefer=prefer)
     assert time.monotonic() - started < 1
     assert response.status_code == 202
     assert "Preference-Applied" not in response.headers
-    assert count_jobs(container.db_engine) == 1
+    assert count_jobs(api.db_engine) == 1
 
 
 @pytest.mark.parametrize(

@@ -62,7 +62,7 @@ def test_rotate_without_a_secret_yet_creates_one_then_rotates(client, user_key):
     assert body["secret"] != body["previous_secret"]
 
 
-def test_submit_multipart_with_webhook_and_filter(client, container, user_key):
+def test_submit_multipart_with_webhook_and_filter(client, api, user_key):
     response = client.post(
         "/v1/jobs",
         data={
@@ -77,7 +77,7 @@ def test_submit_multipart_with_webhook_and_filter(client, container, user_key):
     assert response.status_code == 202, response.json
     assert response.json["webhook"] == "http://127.0.0.1:9/hook"
     assert response.json["webhook_events_filter"] == ["start", "completed"]
-    assert container.jobs.get(response.json["id"]).webhook_events == ("start", "completed")
+    assert api.jobs.get(response.json["id"]).webhook_events == ("start", "completed")
 
 
 def test_deliveries_of_a_job_without_webhook_are_empty_and_redeliver_is_409(
@@ -98,9 +98,7 @@ def test_deliveries_of_a_job_without_webhook_are_empty_and_redeliver_is_409(
     assert hidden.status_code == 404
 
 
-def test_canceling_a_queued_job_enqueues_its_completed_webhook(
-    client, container, settings, user_key
-):
+def test_canceling_a_queued_job_enqueues_its_completed_webhook(client, api, settings, user_key):
     body = chat_body(make_image(), webhook="http://127.0.0.1:9/hook")
     job_id = client.post("/v1/jobs", json=body, headers=auth(user_key)).json["id"]
     canceled = client.post(f"/v1/jobs/{job_id}/cancel", headers=auth(user_key))
@@ -114,7 +112,7 @@ def test_canceling_a_queued_job_enqueues_its_completed_webhook(
     assert event["type"] == "job.completed"
     assert event["status"] == "pending"
     assert event["attempts"] == []
-    stored = container.webhook_store.get_event(event["id"])
+    stored = api.webhook_store.get_event(event["id"])
     assert stored.payload["type"] == "job.completed"
     assert stored.payload["data"] == canceled.json
 

@@ -11,8 +11,8 @@ from tests.helpers import chat_body, count_jobs, count_objects, queue_length
 from tests.support.images import make_image
 
 
-def _assert_nothing_created(container, settings, s3):
-    assert count_jobs(container.db_engine) == 0
+def _assert_nothing_created(api, settings, s3):
+    assert count_jobs(api.db_engine) == 0
     assert count_objects(s3, settings.s3_bucket) == 0
     assert queue_length(settings.broker_url) == 0
 
@@ -33,18 +33,16 @@ def _assert_nothing_created(container, settings, s3):
     ],
 )
 def test_submit_refuses_internal_or_plain_http_webhooks(
-    client, container, settings, s3_server, user_key, url
+    client, api, settings, s3_server, user_key, url
 ):
     body = chat_body(make_image(), webhook=url)
     response = client.post("/v1/jobs", json=body, headers=auth(user_key))
     assert response.status_code == 422, response.json
     assert response.json["error"]["code"] == "invalid_webhook_url"
-    _assert_nothing_created(container, settings, s3_server)
+    _assert_nothing_created(api, settings, s3_server)
 
 
-def test_submit_multipart_refuses_loopback_webhook(
-    client, container, settings, s3_server, user_key
-):
+def test_submit_multipart_refuses_loopback_webhook(client, api, settings, s3_server, user_key):
     response = client.post(
         "/v1/jobs",
         data={
@@ -57,7 +55,7 @@ def test_submit_multipart_refuses_loopback_webhook(
     )
     assert response.status_code == 422
     assert response.json["error"]["code"] == "invalid_webhook_url"
-    _assert_nothing_created(container, settings, s3_server)
+    _assert_nothing_created(api, settings, s3_server)
 
 
 @pytest.mark.parametrize(
@@ -69,24 +67,22 @@ def test_submit_multipart_refuses_loopback_webhook(
         {"webhook": ""},
     ],
 )
-def test_submit_refuses_bad_webhook_options(
-    client, container, settings, s3_server, user_key, extra
-):
+def test_submit_refuses_bad_webhook_options(client, api, settings, s3_server, user_key, extra):
     response = client.post(
         "/v1/jobs", json=chat_body(make_image(), **extra), headers=auth(user_key)
     )
     assert response.status_code == 422, response.json
     assert response.json["error"]["code"] == "invalid_parameter"
-    _assert_nothing_created(container, settings, s3_server)
+    _assert_nothing_created(api, settings, s3_server)
 
 
-def test_submit_accepts_a_public_https_webhook_and_shows_it(client, container, user_key):
+def test_submit_accepts_a_public_https_webhook_and_shows_it(client, api, user_key):
     body = chat_body(make_image(), webhook="https://93.184.215.14/hook")
     response = client.post("/v1/jobs", json=body, headers=auth(user_key))
     assert response.status_code == 202, response.json
     assert response.json["webhook"] == "https://93.184.215.14/hook"
     assert response.json["webhook_events_filter"] == ["completed"]
-    job = container.jobs.get(response.json["id"])
+    job = api.jobs.get(response.json["id"])
     assert job.webhook_url == "https://93.184.215.14/hook"
     assert job.webhook_events == ("completed",)
 

@@ -11,8 +11,8 @@ from tests.helpers import chat_body
 from tests.support.images import make_image
 
 
-def test_store_counts_attempt_outcomes(client, container, user_key):
-    store = container.webhook_store
+def test_store_counts_attempt_outcomes(client, api, user_key):
+    store = api.webhook_store
     assert store.attempt_outcomes() == {}
     now = utcnow()
     for n in range(2):

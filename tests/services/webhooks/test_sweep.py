@@ -22,11 +22,11 @@ class RecordingQueue:
         self.sent.append((event_id, attempt))
 
 
-def _event(client, container, user_key, event_id, due):
+def _event(client, api, user_key, event_id, due):
     job_id = client.post("/v1/jobs", json=chat_body(make_image()), headers=auth(user_key)).json[
         "id"
     ]
-    container.webhook_store.insert_event(
+    api.webhook_store.insert_event(
         NewWebhookEvent(
             id=event_id, job_id=job_id, owner_id="o", type=EventType.COMPLETED,
             url="https://example.com/hook", payload={}, created_at=due, next_attempt_at=due,
@@ -34,12 +34,12 @@ def _event(client, container, user_key, event_id, due):
     )  # fmt: skip
 
 
-def test_sweep_requeues_the_right_attempt_of_overdue_events(client, container, user_key):
-    store, now = container.webhook_store, utcnow()
+def test_sweep_requeues_the_right_attempt_of_overdue_events(client, api, user_key):
+    store, now = api.webhook_store, utcnow()
     long_ago = now - timedelta(hours=1)
     for name in ("never_sent", "retry_lost", "died_mid_post", "delivered"):
-        _event(client, container, user_key, name, long_ago)
-    _event(client, container, user_key, "not_due_yet", now - timedelta(minutes=1))
+        _event(client, api, user_key, name, long_ago)
+    _event(client, api, user_key, "not_due_yet", now - timedelta(minutes=1))
     stale = long_ago - timedelta(minutes=5)
     store.claim_attempt("retry_lost", 1, long_ago, stale)
     store.complete_attempt("retry_lost", 1, long_ago, AttemptResult(500, 3))
