@@ -16,7 +16,8 @@ from services.usage.pricing import price_job
 from tests.conftest import auth
 from tests.e2e.conftest import make_env, start_worker
 from tests.e2e.test_jobs_end_to_end import assert_succeeded, wait_for
-from tests.helpers import chat_body, make_image
+from tests.helpers import chat_body
+from tests.support.images import make_image
 from tests.support.roots import build_test_api
 
 pytestmark = pytest.mark.e2e
