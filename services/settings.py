@@ -46,7 +46,8 @@ class Settings:
     # A TOML file merged into the shipped model catalog (services/catalog/loader.py).
     models_file: Path | None = None
     served_models: tuple[str, ...] = ()
-    default_model: str = "loupe-tiny-mllama"
+    # None: the catalog's default_model (services/catalog/models.toml or LOUPE_MODELS_FILE).
+    default_model: str | None = None
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     # The most pixels one image is ever decoded to (API validation and worker): about 8 bytes
@@ -316,7 +317,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         models_dir=Path(_str(env, "MODELS_DIR", str(defaults.models_dir))),
         models_file=_opt_path(env, "MODELS_FILE"),
         served_models=_list(env, "SERVED_MODELS", defaults.served_models),
-        default_model=_str(env, "DEFAULT_MODEL", defaults.default_model),
+        default_model=_opt(env, "DEFAULT_MODEL"),
         max_image_bytes=_int(env, "MAX_IMAGE_BYTES", defaults.max_image_bytes, 1),
         max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", defaults.max_image_pixels, 1),
         max_decode_pixels=_int(env, "MAX_DECODE_PIXELS", defaults.max_decode_pixels, 1),

@@ -92,9 +92,9 @@ def _warm_up(sender: Any = None, **_: Any) -> None:
     if not settings.job_queues & set(sender.app.amqp.queues.consume_from):
         return  # e.g. the webhooks worker (-Q webhooks): it never runs a model
     ctx = roots_of(sender.app).inference()
-    if settings.default_model not in ctx.registry:
+    if ctx.registry.default_model not in ctx.registry:
         return
-    spec = ctx.registry.get(settings.default_model)
+    spec = ctx.registry.get(ctx.registry.default_model)
     log.info("loading model %s (%s engine)", spec.name, spec.engine)
     try:
         ctx.engines.get(spec)

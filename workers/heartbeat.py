@@ -114,7 +114,7 @@ def worker_info(settings: Settings, queues: list[str], slots: int) -> WorkerInfo
     or none for a worker that does not run inference (the webhooks/maintenance worker)."""
     registry = build_registry(settings)
     runs_models = bool(settings.job_queues & set(queues))
-    model = settings.default_model if runs_models else ""
+    model = registry.default_model if runs_models else ""
     engine = registry.get(model).engine if model in registry else ""
     now = utcnow()
     return WorkerInfo(

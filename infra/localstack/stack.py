@@ -57,6 +57,7 @@ from infra.localstack.servers import (
     start_seaweed,
 )
 from infra.models import build_models_for
+from services.catalog.registry import build_registry
 from services.settings import load_settings
 
 PARTS = ("redis", "seaweed", "api", "worker", "webhooks")
@@ -390,7 +391,8 @@ def bring_up(launcher: Launcher, plan: StackPlan, timeout: float) -> dict[str, s
         for variable, (name, role) in plan.keys.items()
     }
     settings = load_settings(env)
-    build_models_for(settings, [settings.default_model])  # workers load it as they start
+    default_model = build_registry(settings).default_model
+    build_models_for(settings, [default_model])  # workers load it as they start
     parts = plan.app_parts(paths, env)
     launcher.apps(parts, env, timeout)
     in_use = {key: value for key, value in env.items() if key.startswith("LOUPE_")}

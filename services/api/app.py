@@ -37,7 +37,7 @@ def _register_blueprints(app: Flask, root: ApiRoot) -> None:
     chat_timeout = min(settings.chat_completions_timeout_seconds, settings.max_wait_seconds)
     for bp in (
         health.blueprint(root.readiness),
-        jobs.blueprint(root.jobs, waiting, settings.default_model, authenticate),
+        jobs.blueprint(root.jobs, waiting, root.registry.default_model, authenticate),
         files.blueprint(root.files, authenticate),
         models.blueprint(root.registry, authenticate),
         usage.blueprint(root.usage, root.quotas, authenticate),
@@ -46,7 +46,7 @@ def _register_blueprints(app: Flask, root: ApiRoot) -> None:
         admin.page_blueprint(),
         metrics.blueprint(root.monitor, settings.metrics_token),
         openai_compat.blueprint(
-            root.jobs, root.waiter, settings.default_model, chat_timeout, authenticate
+            root.jobs, root.waiter, root.registry.default_model, chat_timeout, authenticate
         ),
     ):
         app.register_blueprint(bp)

@@ -10,6 +10,9 @@ The deployment's file (``LOUPE_MODELS_FILE``) is merged into the shipped one by 
   or ``hub_id`` replaces the catalog's weights, whichever of the two it had;
 - models keep the shipped file's order, added ones follow in the deployment file's order.
 
+A top-level ``default_model`` names the model a job runs when it names none; the deployment's
+file may set it too, and ``LOUPE_DEFAULT_MODEL`` overrides both. It must name a catalog model.
+
 Nothing is removed by the file (``LOUPE_SERVED_MODELS`` narrows what a process serves). Every
 problem (a TOML syntax error, a missing or unknown key, a wrong type, an unknown engine, a price
 that is not a non-negative decimal string) is a ConfigurationError naming the file and model.
@@ -36,17 +39,38 @@ _TABLES = frozenset({"limits", "price", "engine_args"})
 _WEIGHTS = frozenset({"path", "hub_id"})
 
 
-def load_catalog(models_dir: Path, override: Path | None = None) -> list[ModelSpec]:
+@dataclass(frozen=True)
+class Catalog:
+    """The merged catalog: its models in order, and the one a job runs when it names none."""
+
+    models: list[ModelSpec]
+    default_model: str
+
+
+def load_catalog(models_dir: Path, override: Path | None = None) -> Catalog:
     """Every model of the shipped catalog, patched and extended by the ``override`` file.
 
     A relative ``path`` is resolved against ``models_dir``; an absolute one and a ``hub_id``
     are used as they are. ConfigurationError for any problem in either file.
     """
     text = resources.files("services.catalog").joinpath("models.toml").read_text("utf-8")
-    entries = _entries(_parse(text, SHIPPED), SHIPPED)
+    shipped = _parse(text, SHIPPED)
+    entries, default = _entries(shipped, SHIPPED), _default(shipped, SHIPPED)
     if override is not None:
-        entries = merge(entries, _entries(_parse(_read(override), str(override)), str(override)))
-    return [_spec(entry, models_dir) for entry in entries.values()]
+        patch = _parse(_read(override), str(override))
+        entries = merge(entries, _entries(patch, str(override)))
+        default = _default(patch, str(override)) or default
+    if default not in entries:
+        raise ConfigurationError(f"default_model {default!r} is not a model of the catalog")
+    return Catalog([_spec(entry, models_dir) for entry in entries.values()], default)
+
+
+def _default(document: Mapping[str, Any], source: str) -> str:
+    """The file's ``default_model`` ("" when it sets none)."""
+    value = document.get("default_model", "")
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{source}: default_model must be a model name, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -92,8 +116,9 @@ def _parse(text: str, source: str) -> dict[str, Any]:
 
 def _entries(document: Mapping[str, Any], source: str) -> dict[str, Entry]:
     """The file's ``[[models]]`` tables by name; duplicate names and other keys are errors."""
-    if set(document) - {"models"}:
-        raise ConfigurationError(f"{source}: unknown keys {sorted(set(document) - {'models'})}")
+    unknown = sorted(set(document) - {"models", "default_model"})
+    if unknown:
+        raise ConfigurationError(f"{source}: unknown keys {unknown}")
     tables = document.get("models", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise ConfigurationError(f"{source}: models must be an array of tables ([[models]])")

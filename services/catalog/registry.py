@@ -19,15 +19,18 @@ class ModelRegistry:
     def __init__(
         self,
         specs: list[ModelSpec],
+        default_model: str,
         default_queue: str = "inference",
         routes: tuple[tuple[str, str], ...] = (),
     ) -> None:
-        """``routes``: the deployment's whole (model, queue) mapping, served here or not, so a
-        process that serves a few models (a GPU pool, the light worker) still routes them all."""
+        """``default_model`` runs jobs that name none (it may be served elsewhere). ``routes``:
+        the deployment's whole (model, queue) mapping, served here or not, so a process that
+        serves a few models (a GPU pool, the light worker) still routes them all."""
         for spec in specs:
             if spec.engine not in ENGINES:
                 raise ConfigurationError(f"model {spec.name}: unknown engine {spec.engine!r}")
         self._specs = {spec.name: spec for spec in specs}
+        self.default_model = default_model
         self.default_queue = default_queue
         self._routes = dict(routes)
 
@@ -48,8 +51,8 @@ class ModelRegistry:
         """Celery threads for a worker: LOUPE_WORKER_CONCURRENCY, else its model's max_num_seqs."""
         if settings.worker_concurrency is not None:
             return settings.worker_concurrency
-        if settings.default_model in self._specs:
-            return self._specs[settings.default_model].engine_args.max_num_seqs
+        if self.default_model in self._specs:
+            return self._specs[self.default_model].engine_args.max_num_seqs
         return 1
 
     def get(self, name: str) -> ModelSpec:
@@ -71,14 +74,18 @@ class ModelRegistry:
 def build_registry(settings: Settings) -> ModelRegistry:
     """The models this deployment serves: the catalog (``LOUPE_MODELS_FILE`` merged in), with
     LOUPE_MODEL_QUEUES and LOUPE_PRICE_OVERRIDES applied, narrowed by LOUPE_SERVED_MODELS."""
-    specs = _apply_queues(load_catalog(settings.models_dir, settings.models_file), settings)
+    catalog = load_catalog(settings.models_dir, settings.models_file)
+    specs = _apply_queues(catalog.models, settings)
     if settings.served_models:
         unknown = set(settings.served_models) - {s.name for s in specs}
         if unknown:
             raise ConfigurationError(f"LOUPE_SERVED_MODELS names unknown models: {sorted(unknown)}")
         specs = [s for s in specs if s.name in settings.served_models]
     return ModelRegistry(
-        _apply_price_overrides(specs, settings), settings.inference_queue, settings.model_queues
+        _apply_price_overrides(specs, settings),
+        settings.default_model or catalog.default_model,
+        settings.inference_queue,
+        settings.model_queues,
     )
 
 

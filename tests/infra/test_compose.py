@@ -151,7 +151,9 @@ def test_compose_app_services_read_the_models_file_that_points_llama_at_models(
     for name in APP_SERVICES:
         (mount,) = config["services"][name]["configs"]
         assert (mount["source"], mount["target"]) == ("loupe-models", "/etc/loupe/models.toml")
-    weights = {spec.name: spec.weights_path for spec in load_catalog(Path("/models"), source)}
+    weights = {
+        spec.name: spec.weights_path for spec in load_catalog(Path("/models"), source).models
+    }
     assert weights["llama-3.2-11b-vision-instruct"] == "/models/Llama-3.2-11B-Vision-Instruct"
     assert weights["llama-3.2-90b-vision-instruct"] == "/models/Llama-3.2-90B-Vision-Instruct"
 

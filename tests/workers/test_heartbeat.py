@@ -8,6 +8,7 @@ import time
 import redis
 
 from services.admin.heartbeats import RedisHeartbeats, heartbeat_key
+from services.catalog.registry import build_registry
 from services.settings import load_settings
 from workers.heartbeat import Heartbeat, SlotCounter, worker_info
 
@@ -47,7 +48,11 @@ def test_heartbeat_writes_record_refreshes_it_and_deletes_it_on_stop(broker_url)
     try:
         heartbeat.start()
         (listed,) = reader.live()
-        assert (listed.slots, listed.slots_in_use, listed.model) == (6, 2, settings.default_model)
+        assert (listed.slots, listed.slots_in_use, listed.model) == (
+            6,
+            2,
+            build_registry(settings).default_model,
+        )
         assert listed.engine == "transformers"
         assert 0 < client.ttl(key) <= 3
 
@@ -68,4 +73,4 @@ def test_worker_info_names_a_model_only_for_inference_workers():
     light = worker_info(settings, ["webhooks", "maintenance"], slots=8)
     assert (light.queues, light.engine, light.model) == (("maintenance", "webhooks"), "", "")
     gpu = worker_info(settings, ["inference"], slots=4)
-    assert (gpu.engine, gpu.model) == ("transformers", settings.default_model)
+    assert (gpu.engine, gpu.model) == ("transformers", build_registry(settings).default_model)

@@ -9,6 +9,7 @@ import typing
 import pytest
 
 from services.api.root import ApiRoot
+from services.catalog.registry import build_registry
 from workers.context import WorkerContext, build_worker_context
 from workers.light import LightContext, build_light_context
 from workers.roots import WorkerRoots
@@ -29,7 +30,10 @@ def test_no_root_has_an_optional_field(root):
 def test_the_inference_root_builds_and_closes_without_loading_a_model(settings):
     ctx = build_worker_context(settings)
     try:
-        assert ctx.registry.get(settings.default_model).name == settings.default_model
+        assert (
+            ctx.registry.get(build_registry(settings).default_model).name
+            == build_registry(settings).default_model
+        )
     finally:
         ctx.close()
 

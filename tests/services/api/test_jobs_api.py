@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from services.catalog.registry import build_registry
 from services.clock import utcnow
 from services.settings import Settings
 from tests.conftest import auth
@@ -69,7 +70,7 @@ def test_create_job_multipart_returns_202(client, api, settings, user_key):
     )
     assert response.status_code == 202, response.json
     job = api.jobs.get(response.json["id"])
-    assert job.model == settings.default_model
+    assert job.model == build_registry(settings).default_model
     assert job.params.max_tokens == 5 and job.params.temperature == 0.5
     assert job.params.stop == ("a", "b")
     assert [p.type for p in job.messages[0].content] == ["image", "text"]
@@ -385,4 +386,4 @@ def test_json_job_without_a_model_uses_the_default_model(client, user_key, setti
     del body["model"]
     response = client.post("/v1/jobs", json=body, headers=auth(user_key))
     assert response.status_code == 202, response.json
-    assert response.json["model"] == settings.default_model
+    assert response.json["model"] == build_registry(settings).default_model

@@ -76,7 +76,7 @@ def _file(tmp_path: Path, text: str) -> Path:
 
 
 def test_the_shipped_catalog_holds_every_model_with_its_exact_values():
-    specs = load_catalog(MODELS_DIR)
+    specs = load_catalog(MODELS_DIR).models
 
     assert specs == SHIPPED
     assert [str(s.price.input_per_million) for s in specs] == ["0", "0", "0", "0.18", "0.35"]
@@ -89,14 +89,14 @@ def test_a_relative_path_is_under_the_models_dir_and_an_absolute_one_is_kept(tmp
         '"acme"', f'"{absolute}"'
     )
 
-    *_, added, second = load_catalog(MODELS_DIR, _file(tmp_path, text))
+    *_, added, second = load_catalog(MODELS_DIR, _file(tmp_path, text)).models
 
     assert (added.weights_path, added.local_weights) == ("/srv/models/acme", True)
     assert second.weights_path == str(absolute)
 
 
 def test_the_models_file_adds_a_complete_model_after_the_shipped_ones(tmp_path):
-    specs = load_catalog(MODELS_DIR, _file(tmp_path, NEW_MODEL))
+    specs = load_catalog(MODELS_DIR, _file(tmp_path, NEW_MODEL)).models
 
     assert specs[:-1] == SHIPPED
     added = specs[-1]
@@ -117,7 +117,7 @@ engine_args = {{ tensor_parallel_size = 4 }}
 price = {{ per_image = "0.001" }}
 limits = {{ max_output_tokens = 2048 }}
 """
-    by_name = {s.name: s for s in load_catalog(MODELS_DIR, _file(tmp_path, text))}
+    by_name = {s.name: s for s in load_catalog(MODELS_DIR, _file(tmp_path, text)).models}
 
     big = by_name[LLAMA_90B]
     assert (big.weights_path, big.local_weights) == ("/weights/llama-90b", True)
@@ -133,7 +133,7 @@ limits = {{ max_output_tokens = 2048 }}
 def test_a_patch_can_move_local_weights_to_a_hub_id(tmp_path):
     text = f'[[models]]\nname = "{TINY_MODEL}"\nhub_id = "acme/tiny"\n'
 
-    tiny = load_catalog(MODELS_DIR, _file(tmp_path, text))[0]
+    tiny = load_catalog(MODELS_DIR, _file(tmp_path, text)).models[0]
 
     assert (tiny.weights_path, tiny.local_weights) == ("acme/tiny", False)
 
@@ -181,3 +181,30 @@ def test_a_bad_models_file_is_a_clear_configuration_error(tmp_path, text, messag
 def test_an_unreadable_models_file_is_a_configuration_error(tmp_path):
     with pytest.raises(ConfigurationError, match=r"models file .*/absent.toml: cannot read it"):
         load_catalog(MODELS_DIR, tmp_path / "absent.toml")
+
+
+def test_the_catalog_names_its_default_model_and_a_models_file_may_change_it(tmp_path):
+    assert load_catalog(MODELS_DIR).default_model == TINY_MODEL
+
+    catalog = load_catalog(MODELS_DIR, _file(tmp_path, f'default_model = "{LLAMA_11B}"\n'))
+
+    assert catalog.default_model == LLAMA_11B
+
+
+def test_a_models_file_may_add_a_model_and_make_it_the_default(tmp_path):
+    catalog = load_catalog(MODELS_DIR, _file(tmp_path, 'default_model = "acme-vision"\n' + _NEW))
+
+    assert catalog.default_model == "acme-vision"
+    assert catalog.models[-1].name == "acme-vision"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('default_model = "nope"\n', "default_model 'nope' is not a model of the catalog"),
+        ("default_model = 3\n", "default_model must be a model name, got 3"),
+    ],
+)
+def test_a_default_model_outside_the_catalog_is_refused(tmp_path, text, message):
+    with pytest.raises(ConfigurationError, match=message):
+        load_catalog(MODELS_DIR, _file(tmp_path, text))

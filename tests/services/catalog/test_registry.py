@@ -83,3 +83,10 @@ def test_without_the_models_file_its_model_is_unknown():
         registry.get("acme-vision")
     with pytest.raises(ConfigurationError, match="LOUPE_SERVED_MODELS names unknown models"):
         build_registry(load_settings({"LOUPE_SERVED_MODELS": "acme-vision"}))
+
+
+def test_the_default_model_comes_from_the_catalog_unless_the_deployment_names_one():
+    assert build_registry(load_settings({})).default_model == TINY_MODEL
+    assert build_registry(load_settings({"LOUPE_DEFAULT_MODEL": LLAMA_90B})).default_model == (
+        LLAMA_90B
+    )
