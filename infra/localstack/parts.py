@@ -9,6 +9,8 @@ up`` (detached: they outlive the command), the batching benchmark and the end-to
 part               command                                       ready when
 =================  ============================================  ==============================
 api                gunicorn gthread ``services.api.wsgi:app``    ``GET /healthz`` answers 200
+proxy              nginx in front of the api (the production     ``GET /healthz`` answers 200
+                   path: slow clients never reach gunicorn)      through it
 inference worker   ``celery worker -Q inference`` (threads)      it logs ``<name>@<host> ready.``
 light worker       ``celery worker -Q webhooks,maintenance``     it logs ``<name>@<host> ready.``
                    with an embedded beat (no model)
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import requests
 
+from infra.localstack.proxy import ProxyConfig, find_nginx, nginx_argv, write_config
 from infra.localstack.servers import (
     LOOPBACK,
     ServerProcess,
@@ -40,10 +43,12 @@ from infra.localstack.servers import (
     read_log_tail,
     spawn,
 )
-from services.settings import Settings
+from services.settings import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The parts' default working directory: ``python -m`` puts it first on ``sys.path``."""
+GUNICORN_CONFIG = REPO_ROOT / "infra" / "gunicorn_conf.py"
+"""gunicorn's settings shared with the API image and compose (worker class, timeouts, limits)."""
 CELERY_APP = "workers.celery_app"
 READY_TIMEOUT_S = 300.0
 _POLL_S = 0.2
@@ -126,20 +131,43 @@ def _serves_healthz(url: str) -> Callable[[ServerProcess], bool]:
 
 
 def api_part(env: Mapping[str, str], *, port: int | None = None, workers: int = 2) -> Part:
-    """gunicorn gthread serving ``services.api.wsgi:app`` on 127.0.0.1:``port`` (free if None).
+    """gunicorn serving ``services.api.wsgi:app`` on 127.0.0.1:``port`` (free if None).
 
-    ``--threads`` is ``env``'s ``LOUPE_API_THREADS`` (the app's default when unset): a long-poll
-    holds a thread, not a process, and the app caps its waiters from the same number.
+    Worker class (gthread), timeouts and request limits come from :data:`GUNICORN_CONFIG`, as in
+    the API image. ``--threads`` is ``env``'s ``LOUPE_API_THREADS`` (the app's default when
+    unset): a long-poll holds a thread, not a process, and the app caps its waiters from the
+    same number.
     """
     port = port or free_port()
     threads = _size(env, "API_THREADS", _DEFAULTS.api_threads)
     url = f"http://{LOOPBACK}:{port}"
     argv = (
-        sys.executable, "-m", "gunicorn", "--bind", f"{LOOPBACK}:{port}",
-        "--workers", str(workers), "--worker-class", "gthread", "--threads", threads,
-        "--access-logfile", "-", "services.api.wsgi:app",
+        sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONFIG),
+        "--bind", f"{LOOPBACK}:{port}", "--workers", str(workers), "--threads", threads,
+        "services.api.wsgi:app",
     )  # fmt: skip
     return Part("api", argv, _serves_healthz(url), url)
+
+
+def proxy_part(
+    env: Mapping[str, str], api: Part, workdir: Path, *, port: int | None = None
+) -> Part:
+    """nginx from the repository's one template in front of ``api``, on 127.0.0.1:``port``
+    (free if None): the production path, where slow clients never hold a gunicorn thread.
+
+    Its body limit is the API's own (``env``'s ``LOUPE_MAX_REQUEST_BYTES``, parsed as the app
+    parses it). Writes its configuration into ``workdir`` now (its pid, temp files and nothing
+    else go there too). Ready once ``/healthz`` answers 200 through it, so only once ``api``
+    serves. Raises :class:`ServerStartError` when nginx is not installed.
+    """
+    if api.url is None:
+        raise ValueError(f"part {api.name!r} serves no URL to proxy")
+    port = port or free_port()
+    limit = load_settings(env).max_request_bytes  # read as the app reads it
+    upstream = api.url.removeprefix("http://")
+    config = write_config(workdir, ProxyConfig(f"{LOOPBACK}:{port}", upstream, limit))
+    url = f"http://{LOOPBACK}:{port}"
+    return Part("proxy", nginx_argv(find_nginx(), workdir, config), _serves_healthz(url), url)
 
 
 def _celery_worker(app: str, queues: str, node: str, options: Sequence[str]) -> tuple[str, ...]:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
+from infra import gunicorn_conf
 from infra.localstack.parts import (
+    GUNICORN_CONFIG,
     QUIET_ENV,
     Part,
     api_part,
     inference_worker_part,
     light_worker_part,
     process_env,
+    proxy_part,
     start_part,
     start_parts,
     worker_ready,
@@ -27,6 +31,7 @@ from infra.localstack.stack import (
     local_app_parts,
 )
 from services.settings import default_max_waiters, load_settings
+from tests.support.nginx import needs_nginx
 
 PYTHON = sys.executable
 _READY = "import time; print('stand-in@test ready.', flush=True); time.sleep(600)"
@@ -50,7 +55,8 @@ def test_api_runs_gthread_with_the_threads_the_app_is_told_about() -> None:
     env = {"LOUPE_API_THREADS": str(API_THREADS)}
     api = api_part(env, port=8123, workers=3)
 
-    assert _option(api.argv, "--worker-class") == "gthread"
+    assert _option(api.argv, "--config") == str(GUNICORN_CONFIG)
+    assert gunicorn_conf.worker_class == "gthread"
     assert _option(api.argv, "--threads") == str(API_THREADS)
     assert _option(api.argv, "--workers") == "3"
     assert _option(api.argv, "--bind") == "127.0.0.1:8123"
@@ -62,6 +68,34 @@ def test_api_runs_gthread_with_the_threads_the_app_is_told_about() -> None:
 
 def test_api_threads_default_to_the_apps_own_default() -> None:
     assert _option(api_part({}).argv, "--threads") == str(load_settings({}).api_threads)
+
+
+@needs_nginx
+def test_proxy_fronts_the_api_with_its_body_limit_from_the_template(tmp_path: Path) -> None:
+    api = api_part({}, port=8123)
+    proxy = proxy_part({"LOUPE_MAX_REQUEST_BYTES": "4096"}, api, tmp_path / "nginx", port=8124)
+
+    assert proxy.name == "proxy" and proxy.url == "http://127.0.0.1:8124"
+    assert (_option(proxy.argv, "-p"), _option(proxy.argv, "-g")) == (
+        str(tmp_path / "nginx"),
+        "daemon off;",
+    )
+    site = (tmp_path / "nginx" / "loupe.conf").read_text()
+    assert "server 127.0.0.1:8123;" in site
+    assert "listen 127.0.0.1:8124 default_server;" in site
+    assert "client_max_body_size 4096;" in site
+    assert not re.search(r"\$\{LOUPE_\w+\}", site)
+    main = Path(_option(proxy.argv, "-c")).read_text()
+    assert f"include {tmp_path / 'nginx' / 'loupe.conf'};" in main
+    assert f"pid {tmp_path / 'nginx' / 'nginx.pid'};" in main
+
+
+@needs_nginx
+def test_proxy_body_limit_defaults_to_the_apps(tmp_path: Path) -> None:
+    proxy_part({}, api_part({}), tmp_path)
+
+    limit = load_settings({}).max_request_bytes
+    assert f"client_max_body_size {limit};" in (tmp_path / "loupe.conf").read_text()
 
 
 def test_inference_worker_takes_its_knobs_and_sizes_from_the_environment() -> None:
@@ -92,6 +126,7 @@ def test_light_worker_embeds_the_beat_only_when_given_its_schedule(tmp_path: Pat
     assert _option(beating.argv, "--concurrency") == str(load_settings({}).webhook_concurrency)
 
 
+@needs_nginx
 def test_the_dev_stacks_app_parts_are_the_parts_it_records(tmp_path: Path) -> None:
     parts = local_app_parts(StackPaths.at(tmp_path), {})
 
