@@ -3,9 +3,10 @@
 ``up`` starts, all on 127.0.0.1 and detached (they outlive the command):
 Redis, SeaweedFS (S3, bucket ``loupe-images``, fresh random keys), then runs
 ``services.cli migrate`` and creates a user and an admin API key, then starts the API (gunicorn)
-and one Celery worker (plus a model-less one for the ``webhooks`` and ``maintenance`` queues,
-with the beat), waits until ``GET /healthz`` answers 200 and the workers log ``ready.``,
-and writes ``.dev/stack.env`` (``KEY=value`` lines, shell-sourceable, mode 0600).
+behind its front proxy (nginx, as in production) and one Celery worker (plus a model-less one
+for the ``webhooks`` and ``maintenance`` queues, with the beat), waits until ``GET /healthz``
+answers 200 through the proxy and the workers log ``ready.``, and writes ``.dev/stack.env``
+(``KEY=value`` lines, shell-sourceable, mode 0600).
 
 The same sequence (:func:`bring_up`, a :class:`StackPlan`) starts the batching benchmark's
 stack, attached (:func:`launched`); every app process is defined once, in
@@ -16,7 +17,9 @@ State lives in ``.dev/`` at the repository root (or ``--dev-dir``)::
     .dev/run/<part>.pid   one JSON record per running part (see ServerProcess.to_record)
     .dev/logs/<part>.log  its output (the previous run's is kept as <part>.log.1)
     .dev/redis/ .dev/seaweed/ .dev/loupe.db .dev/models/   data, kept across up/down
-    .dev/stack.env        LOUPE_API_URL, LOUPE_API_KEY, LOUPE_ADMIN_KEY and every LOUPE_* in use
+    .dev/proxy/           nginx's configuration (from infra/nginx/loupe.conf.template), pid, temp
+    .dev/stack.env        LOUPE_API_URL (the proxy), LOUPE_API_DIRECT_URL (gunicorn itself, for
+                          debugging), LOUPE_API_KEY, LOUPE_ADMIN_KEY and every LOUPE_* in use
 
 Exit codes: ``up`` 0 when the stack is up (also when it already was), 1 on failure (everything
 it started is stopped again; the logs stay); ``down`` always 0; ``status`` 0 when every part
@@ -45,6 +48,7 @@ from infra.localstack.parts import (
     inference_worker_part,
     light_worker_part,
     process_env,
+    proxy_part,
     start_parts,
 )
 from infra.localstack.servers import (
@@ -60,7 +64,7 @@ from infra.models import build_models_for
 from services.catalog.registry import build_registry
 from services.settings import load_settings
 
-PARTS = ("redis", "seaweed", "api", "worker", "webhooks")
+PARTS = ("redis", "seaweed", "api", "proxy", "worker", "webhooks")
 """The dev stack's parts in start order; ``down`` stops them in reverse."""
 BUCKET = "loupe-images"
 REGION = "us-east-1"
@@ -238,11 +242,13 @@ def loupe_env(paths: StackPaths, redis: RedisServer, s3: S3Server) -> dict[str, 
 
 
 def local_app_parts(paths: StackPaths, env: Mapping[str, str]) -> list[Part]:
-    """The dev stack's app processes: the API, one inference worker, the light worker with the
-    deployment's one beat."""
+    """The dev stack's app processes: the API and nginx in front of it, one inference worker,
+    the light worker with the deployment's one beat. Writes the proxy's configuration."""
     beat_schedule = paths.dev / "run" / "celerybeat-schedule"
+    api = api_part(env)
     return [
-        api_part(env),
+        api,
+        proxy_part(env, api, paths.dev / "proxy"),
         inference_worker_part(env),
         light_worker_part(env, beat_schedule=beat_schedule),
     ]
@@ -260,7 +266,8 @@ class StackPlan:
     The app processes get :func:`loupe_env` with ``overrides`` on top. ``migrate`` runs, then
     ``create_key(name, role)`` once per ``keys`` entry (stack.env variable -> (name, role)),
     whose last stdout line is the key. Then ``app_parts(paths, env)`` start side by side; the
-    part named ``api`` gives ``LOUPE_API_URL``.
+    part named ``proxy`` gives ``LOUPE_API_URL`` (``api`` where there is no proxy), ``api`` gives
+    ``LOUPE_API_DIRECT_URL``.
     """
 
     app_parts: Callable[[StackPaths, Mapping[str, str]], Sequence[Part]] = local_app_parts
@@ -378,8 +385,9 @@ def launched(paths: StackPaths, *, say: Callable[[str], None] = print) -> Iterat
 def bring_up(launcher: Launcher, plan: StackPlan, timeout: float) -> dict[str, str]:
     """Start a whole stack with ``launcher``: Redis, SeaweedFS, ``plan``'s one-shot commands
     and app parts, each app part ready within ``timeout`` s. Returns the stack.env values:
-    every LOUPE_* in use, ``LOUPE_API_URL`` and the keys. Raises :class:`StackError` or
-    :class:`ServerStartError`; what it started is left to the launcher's owner to stop."""
+    every LOUPE_* in use, the API's URLs (see :class:`StackPlan`) and the keys. Raises
+    :class:`StackError` or :class:`ServerStartError`; what it started is left to the
+    launcher's owner to stop."""
     paths = launcher.paths
     _prepare_dirs(paths)
     redis, s3 = launcher.backing()
@@ -396,7 +404,7 @@ def bring_up(launcher: Launcher, plan: StackPlan, timeout: float) -> dict[str, s
     parts = plan.app_parts(paths, env)
     launcher.apps(parts, env, timeout)
     in_use = {key: value for key, value in env.items() if key.startswith("LOUPE_")}
-    return {**in_use, "LOUPE_API_URL": _api_url(parts), **keys}
+    return {**in_use, **_api_urls(parts), **keys}
 
 
 def _prepare_dirs(paths: StackPaths) -> None:
@@ -406,11 +414,12 @@ def _prepare_dirs(paths: StackPaths) -> None:
     _rotate_logs(paths)
 
 
-def _api_url(parts: Sequence[Part]) -> str:
-    urls = [part.url for part in parts if part.name == "api" and part.url]
-    if not urls:
+def _api_urls(parts: Sequence[Part]) -> dict[str, str]:
+    """``LOUPE_API_URL``: the proxy's URL, else the API's; ``LOUPE_API_DIRECT_URL``: the API's."""
+    urls = {part.name: part.url for part in parts if part.url}
+    if "api" not in urls:
         raise StackError("the stack has no api part")
-    return urls[0]
+    return {"LOUPE_API_URL": urls.get("proxy", urls["api"]), "LOUPE_API_DIRECT_URL": urls["api"]}
 
 
 def _shown(path: Path) -> str:
@@ -430,7 +439,8 @@ def _print_summary(paths: StackPaths, env: Mapping[str, str]) -> None:
     print(
         f"""
 Loupe dev stack is up; {env_file} has its URLs and keys.
-  API     {env.get("LOUPE_API_URL")}   (log {_shown(paths.log("api"))})
+  API     {env.get("LOUPE_API_URL")}   (nginx, as in production; log {_shown(paths.log("proxy"))})
+  direct  {env.get("LOUPE_API_DIRECT_URL")}   (gunicorn, to debug; log {_shown(paths.log("api"))})
   worker  log {_shown(paths.log("worker"))}
   webhooks log {_shown(paths.log("webhooks"))} (loopback receivers allowed, http too)
 Try:

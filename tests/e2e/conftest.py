@@ -19,7 +19,9 @@ from infra.localstack.parts import (
     inference_worker_part,
     light_worker_part,
     process_env,
+    proxy_part,
     start_part,
+    start_parts,
 )
 from infra.localstack.servers import RedisServer, S3Server, ServerProcess
 from infra.models import build_local_models
@@ -98,6 +100,19 @@ def start_api(env: dict[str, str], log: Path, *, workers: int = 2) -> tuple[Serv
     part = api_part(env, workers=workers)
     assert part.url is not None
     return start_part(part, _isolated(env), log, timeout=60), part.url
+
+
+def start_fronted_api(
+    env: dict[str, str], logs: Path, *, workers: int = 2
+) -> tuple[list[ServerProcess], str, str]:
+    """The production path: gunicorn and nginx in front of it (the stack's api and proxy parts,
+    side by side); (both processes, the proxy's URL, gunicorn's URL) once ``/healthz`` answers
+    through nginx. nginx's files go in ``logs / "proxy"``."""
+    api = api_part(env, workers=workers)
+    proxy = proxy_part(env, api, logs / "proxy")
+    assert api.url is not None and proxy.url is not None
+    parts = [(api, logs / "api.log"), (proxy, logs / "proxy.log")]
+    return start_parts(parts, _isolated(env), timeout=60), proxy.url, api.url
 
 
 def _isolated(env: dict[str, str]) -> dict[str, str]:

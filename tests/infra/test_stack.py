@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from infra.localstack import demo
 from infra.localstack.parts import Part
@@ -34,6 +35,7 @@ from infra.localstack.stack import (
     up,
     write_env_file,
 )
+from tests.support.nginx import NO_NGINX
 
 PYTHON = sys.executable
 _CHECK_ENV = (
@@ -53,17 +55,21 @@ _WEBHOOKS = "import time; print('loupe-webhooks@test ready.', flush=True); time.
 
 def fake_plan(tmp_path: Path, *, worker_script: str = _WORKER) -> StackPlan:
     """The dev stack's plan with stand-in commands: the real parts' readiness checks and URL,
-    ``http.server`` serving a ``healthz`` file as the API, scripts that log ``ready.``."""
+    ``http.server`` serving a ``healthz`` file as the API behind the real proxy (nginx; the test
+    skips without it), scripts that log ``ready.``."""
     www = tmp_path / "www"
     www.mkdir(exist_ok=True)
     (www / "healthz").write_text("ok")
 
     def stand_ins(paths: StackPaths, env: Mapping[str, str]) -> list[Part]:
-        api, worker, webhooks = local_app_parts(paths, env)
+        if NO_NGINX:
+            pytest.skip(NO_NGINX)
+        api, proxy, worker, webhooks = local_app_parts(paths, env)
         assert api.url is not None
         port = api.url.rsplit(":", 1)[1]
         return [
             replace(api, argv=(PYTHON, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(www), port)),
+            proxy,
             replace(worker, argv=(PYTHON, "-c", _CHECK_ENV + worker_script)),
             replace(webhooks, argv=(PYTHON, "-c", _CHECK_ENV + _CHECK_WEBHOOK_ENV + _WEBHOOKS)),
         ]  # fmt: skip
@@ -103,6 +109,12 @@ def test_up_status_down_with_stand_in_app(paths: StackPaths, tmp_path: Path, cap
         assert env["LOUPE_API_KEY"] == "key-demo-user-user"
         assert env["LOUPE_ADMIN_KEY"] == "key-demo-admin-admin"
         assert env["LOUPE_API_URL"].startswith("http://127.0.0.1:")
+        assert env["LOUPE_API_DIRECT_URL"].startswith("http://127.0.0.1:")
+        assert env["LOUPE_API_URL"] != env["LOUPE_API_DIRECT_URL"]
+        via_proxy = requests.get(env["LOUPE_API_URL"] + "/healthz", timeout=10)
+        direct = requests.get(env["LOUPE_API_DIRECT_URL"] + "/healthz", timeout=10)
+        assert (via_proxy.text, direct.text) == ("ok", "ok")
+        assert via_proxy.headers["Server"] == "nginx"
         assert env["LOUPE_DATABASE_URL"] == f"sqlite:///{paths.dev / 'loupe.db'}"
         assert env["LOUPE_MODELS_DIR"] == str(paths.dev / "models")
         assert redis_ping(int(env["LOUPE_BROKER_URL"].rsplit(":", 1)[1].split("/")[0]))
