@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 
+from infra import gunicorn_conf
+from services.settings import Settings
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILES = sorted((REPO / "infra" / "docker").glob("Dockerfile.*"))
@@ -114,10 +117,10 @@ def test_compose_check_rejects_an_undefined_dependency(tmp_path: Path) -> None:
 
 def test_compose_has_the_expected_services(tmp_path: Path) -> None:
     services = _resolved(tmp_path)["services"]
-    assert set(services) == {"redis", "postgres", "seaweedfs", *APP_SERVICES}
+    assert set(services) == {"redis", "postgres", "seaweedfs", "nginx", *APP_SERVICES}
     assert services["redis"]["command"] == ["redis-server", "--appendonly", "yes"]
     published = {name for name, svc in services.items() if svc.get("ports")}
-    assert published == {"api"}, "only the API is published on the host"
+    assert published == {"nginx"}, "only the front proxy is published on the host"
     for name in ("api", "worker", "worker-cpu"):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
@@ -263,6 +266,39 @@ def test_compose_api_runs_gthread_with_the_threads_the_app_caps_waiters_by(tmp_p
     api = _resolved(tmp_path)["services"]["api"]
     command = api["command"]
     assert command[0] == "gunicorn"
-    assert command[command.index("--worker-class") + 1] == "gthread"
+    assert command[command.index("--config") + 1] == "infra/gunicorn_conf.py"
+    assert gunicorn_conf.worker_class == "gthread"
     assert command[command.index("--threads") + 1] == "32"
     assert api["environment"]["LOUPE_API_THREADS"] == "32"
+
+
+def test_the_api_image_and_compose_start_gunicorn_from_the_same_config() -> None:
+    dockerfile = (REPO / "infra" / "docker" / "Dockerfile.api").read_text()
+    assert "COPY infra/gunicorn_conf.py ./infra/gunicorn_conf.py" in dockerfile
+    (cmd,) = re.findall(r"^CMD .*$", dockerfile, flags=re.MULTILINE)
+    assert "--config infra/gunicorn_conf.py" in cmd
+    assert "--worker-class" not in cmd and "--timeout" not in cmd, "flags live in the config"
+
+
+def test_compose_serves_the_api_only_through_nginx_from_the_one_template(tmp_path: Path) -> None:
+    services = _resolved(tmp_path)["services"]
+    nginx, api = services["nginx"], services["api"]
+    (mount,) = nginx["volumes"]
+    assert Path(mount["source"]) == REPO / "infra" / "nginx" / "loupe.conf.template"
+    assert mount["target"] == "/etc/nginx/templates/loupe.conf.template"
+    assert mount["read_only"] is True
+    env = nginx["environment"]
+    bind = api["command"][api["command"].index("--bind") + 1]
+    assert env["LOUPE_API_UPSTREAM"] == "api:" + bind.rsplit(":", 1)[1]
+    (port,) = nginx["ports"]
+    assert (port["target"], port["published"]) == (int(env["LOUPE_PROXY_LISTEN"]), "8000")
+    assert env["NGINX_ENVSUBST_FILTER"] == "^LOUPE_"
+    assert nginx["depends_on"]["api"]["condition"] == "service_healthy"
+    assert "ports" not in api
+
+
+def test_compose_nginx_body_limit_is_the_apis_own(tmp_path: Path) -> None:
+    services = _resolved(tmp_path)["services"]
+    limit = services["nginx"]["environment"]["LOUPE_MAX_REQUEST_BYTES"]
+    assert limit == services["api"]["environment"]["LOUPE_MAX_REQUEST_BYTES"]
+    assert int(limit) == Settings().max_request_bytes
