@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from services.catalog.registry import ModelRegistry
 from services.catalog.spec import ModelSpec
 from services.errors import Conflict, InvalidInput, Unavailable
-from services.jobs.events import JobEvents, NoJobEvents
+from services.jobs.events import JobEvents
 from services.jobs.queue import TaskQueue
 from services.jobs.store import Cursor, JobFilter, JobSubmitStore
 from services.jobs.types import Job, NewJob, QueueInfo
@@ -25,7 +25,7 @@ from services.storage.blobs import BlobStore
 from services.storage.images import ImageLimits, ValidatedImage, validate_image
 from services.types import JobStatus, Message, Priority, SamplingParams
 from services.usage.estimate import CostEstimator
-from services.usage.quotas import NoQuotas, QuotaGate
+from services.usage.quotas import QuotaGate
 
 
 @dataclass(frozen=True)
@@ -112,18 +112,18 @@ class JobService:
         queue: TaskQueue,
         registry: ModelRegistry,
         clock: Callable[[], datetime],
-        events: JobEvents | None = None,
-        quotas: QuotaGate | None = None,
-        estimator: CostEstimator | None = None,
-        image_fetcher: ImageFetcher | None = None,
-        files: FileImages | None = None,
+        events: JobEvents,
+        quotas: QuotaGate,
+        estimator: CostEstimator,
+        image_fetcher: ImageFetcher,
+        files: FileImages,
     ) -> None:
         self._settings = settings
         self._fetcher = image_fetcher
         self._files = files
-        self._quotas: QuotaGate = quotas or NoQuotas()
-        self._estimator = estimator or CostEstimator()
-        self._events: JobEvents = events or NoJobEvents()
+        self._quotas = quotas
+        self._estimator = estimator
+        self._events = events
         self._store = store
         self._blobs = blobs
         self._queue = queue
@@ -237,15 +237,7 @@ class JobService:
         if isinstance(image, bytes):
             return image
         if isinstance(image, UploadedImage):
-            if self._files is None:
-                raise InvalidInput("Uploaded files are not served here.", code="file_not_found")
             return self._files.image_for_job(owner_id, image.file_id)
-        if self._fetcher is None:
-            raise InvalidInput(
-                "Remote image URLs are not accepted here; send the image as a base64 data: URL "
-                "or as a multipart upload.",
-                code="unsupported_image_url",
-            )
         return self._fetcher.fetch(image.url)
 
     def get(self, job_id: str, owner_id: str) -> Job:

@@ -150,16 +150,6 @@ class QuotaGate(Protocol):
         ...
 
 
-class NoQuotas:
-    """No limits (unit tests and tools)."""
-
-    def check_rate(self, owner_id: str) -> None:
-        return None
-
-    def admit(self, owner_id: str, cost_max: Decimal) -> AbstractContextManager[None]:
-        return nullcontext()
-
-
 # Fixed one-minute windows on the Redis server's clock (the same for every API process).
 # INCR and EXPIRE run in one script, so no crash can leave a counter without its expiry.
 _RATE_SCRIPT = """
