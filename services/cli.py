@@ -99,7 +99,7 @@ def set_quota(
         raise click.ClickException(exc.message) from None
     finally:
         engine.dispose()
-    click.echo(json.dumps({"key_id": key_id, **quota.to_json()}))
+    click.echo(json.dumps({"key_id": key_id, **quota.to_public()}))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 parameters, stored images and price cards.
 
 A leaf: it imports nothing of Loupe's, so any package may use it without an import cycle.
+
+Names: ``to_json``/``from_json`` are a value's stored form (a round trip through SQL JSON);
+what a client sees is built by ``to_public`` methods and ``*_to_public`` presenters.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def blueprint(
     def key_quota() -> Response:
         """The calling key's limits (null = unlimited) and where it stands against each."""
         authenticate()
-        return jsonify(quotas.standing(current_key().id).to_json())
+        return jsonify(quotas.standing(current_key().id).to_public())
 
     return bp
 
@@ -50,4 +50,4 @@ def _answer(ledger: SqlUsageLedger, owner_id: str | None, filename: str) -> Resp
             mimetype="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
-    return jsonify(reports.to_json(query, groups, per_key=per_key))
+    return jsonify(reports.report_to_public(query, groups, per_key=per_key))

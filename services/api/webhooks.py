@@ -12,7 +12,7 @@ from services.webhooks.service import EventLog, WebhookService
 from services.webhooks.types import DeliveryAttempt, WebhookSecret
 
 
-def _secret_json(secret: WebhookSecret) -> dict[str, Any]:
+def _secret_to_public(secret: WebhookSecret) -> dict[str, Any]:
     return {
         "object": "webhook_secret",
         "secret": secret.secret,
@@ -23,7 +23,7 @@ def _secret_json(secret: WebhookSecret) -> dict[str, Any]:
     }
 
 
-def _attempt_json(attempt: DeliveryAttempt) -> dict[str, Any]:
+def _attempt_to_public(attempt: DeliveryAttempt) -> dict[str, Any]:
     return {
         "attempt": attempt.attempt,
         "attempted_at": timestamp(attempt.attempted_at),
@@ -35,7 +35,7 @@ def _attempt_json(attempt: DeliveryAttempt) -> dict[str, Any]:
     }
 
 
-def _event_json(log: EventLog) -> dict[str, Any]:
+def _event_to_public(log: EventLog) -> dict[str, Any]:
     event = log.event
     return {
         "id": event.id,
@@ -46,7 +46,7 @@ def _event_json(log: EventLog) -> dict[str, Any]:
         "created_at": timestamp(event.created_at),
         "next_attempt_at": timestamp(event.next_attempt_at),
         "finished_at": timestamp(event.finished_at),
-        "attempts": [_attempt_json(a) for a in log.attempts],
+        "attempts": [_attempt_to_public(a) for a in log.attempts],
     }
 
 
@@ -57,19 +57,19 @@ def blueprint(service: WebhookService, authenticate: Authenticate) -> Blueprint:
 
     @bp.get("/webhook-secret")
     def get_secret() -> Response:
-        return jsonify(_secret_json(service.secret(current_key().id)))
+        return jsonify(_secret_to_public(service.secret(current_key().id)))
 
     @bp.post("/webhook-secret/rotate")
     def rotate_secret() -> Response:
-        return jsonify(_secret_json(service.rotate(current_key().id)))
+        return jsonify(_secret_to_public(service.rotate(current_key().id)))
 
     @bp.get("/jobs/<job_id>/webhook-deliveries")
     def list_deliveries(job_id: str) -> Response:
         logs = service.deliveries(job_id, current_key().id)
-        return jsonify({"object": "list", "data": [_event_json(log) for log in logs]})
+        return jsonify({"object": "list", "data": [_event_to_public(log) for log in logs]})
 
     @bp.post("/jobs/<job_id>/webhook-deliveries/redeliver")
     def redeliver(job_id: str) -> tuple[Response, int]:
-        return jsonify(_event_json(service.redeliver(job_id, current_key().id))), 202
+        return jsonify(_event_to_public(service.redeliver(job_id, current_key().id))), 202
 
     return bp

@@ -29,7 +29,7 @@ def job_to_public(job: Job, queue: QueueInfo | None = None) -> dict[str, Any]:
             "completion_tokens": job.completion_tokens,
             "total_tokens": job.prompt_tokens + job.completion_tokens,
             "images": len(job.images),
-            "cost": _cost(job).to_json(),
+            "cost": _cost(job).to_public(),
         }
     run_seconds = _seconds(job.started_at, job.completed_at)
     tokens_per_second = None

@@ -121,7 +121,7 @@ class UsageTotals:
             *(getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__)
         )
 
-    def to_json(self, currency: str = "USD") -> dict[str, Any]:
+    def to_public(self, currency: str = "USD") -> dict[str, Any]:
         return {
             "jobs": self.jobs,
             "images": self.images,

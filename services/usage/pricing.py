@@ -32,7 +32,7 @@ class Cost:
     def zero(cls, currency: str = "USD") -> Cost:
         return cls(Decimal(0), Decimal(0), Decimal(0), currency)
 
-    def to_json(self) -> dict[str, str]:
+    def to_public(self) -> dict[str, str]:
         return {
             "input": money_str(self.input),
             "output": money_str(self.output),

@@ -56,7 +56,7 @@ class Quota:
             or self.max_running is not None
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_public(self) -> dict[str, Any]:
         spend = self.monthly_spend_usd
         return {
             "monthly_spend_usd": None if spend is None else money_str(spend),
@@ -78,12 +78,12 @@ class QuotaStanding:
     running: int
     requests_this_minute: int
 
-    def to_json(self) -> dict[str, Any]:
+    def to_public(self) -> dict[str, Any]:
         cap = self.quota.monthly_spend_usd
         left = None if cap is None else max(Decimal(0), cap - self.spent - self.reserved)
         return {
             "object": "quota",
-            "limits": self.quota.to_json(),
+            "limits": self.quota.to_public(),
             "current": {
                 "period_start": self.period_start.isoformat(),
                 "spent_usd": money_str(self.spent),

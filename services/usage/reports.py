@@ -58,20 +58,22 @@ def _date(args: dict[str, str], name: str) -> date | None:
         ) from None
 
 
-def to_json(query: ReportQuery, groups: Sequence[UsageGroup], *, per_key: bool) -> dict[str, Any]:
+def report_to_public(
+    query: ReportQuery, groups: Sequence[UsageGroup], *, per_key: bool
+) -> dict[str, Any]:
     totals = sum((g.totals for g in groups), UsageTotals())
     data = []
     for g in groups:
         row: dict[str, Any] = {query.group_by if query.group_by == "model" else "date": g.group}
         if per_key:
             row = {"key_id": g.key_id, "key_name": g.key_name, **row}
-        data.append(row | g.totals.to_json(CURRENCY))
+        data.append(row | g.totals.to_public(CURRENCY))
     return {
         "object": "usage",
         "from": query.start.isoformat(),
         "to": query.end.isoformat(),
         "group_by": query.group_by,
-        "totals": totals.to_json(CURRENCY),
+        "totals": totals.to_public(CURRENCY),
         "data": data,
     }
 

@@ -72,7 +72,7 @@ def test_e2e_a_model_added_by_the_models_file_runs_jobs(
         assert job["model"] == MODEL
         usage = job["usage"]
         cost = price_job(CARD, usage["prompt_tokens"], usage["completion_tokens"], 1)
-        assert job["usage"]["cost"] == cost.to_json()
+        assert job["usage"]["cost"] == cost.to_public()
     finally:
         worker.stop()
         api.close()
