@@ -11,6 +11,7 @@ from flask import Flask
 from services.api import admin, files, health, jobs, metrics, models, openai_compat, usage, webhooks
 from services.api.auth import authenticator
 from services.api.errors import register_error_handlers
+from services.api.headers import register_security_headers
 from services.api.root import ApiRoot
 from services.api.waiting import Waiting
 from services.errors import NotFound
@@ -25,6 +26,7 @@ def create_app(root: ApiRoot) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     logging.getLogger("loupe").setLevel(settings.log_level)
     register_error_handlers(app)
+    register_security_headers(app)
     app.url_value_preprocessor(_refuse_odd_ids)
     _register_blueprints(app, root)
     return app

@@ -78,7 +78,11 @@ def blueprint(files: FileService, authenticate: Authenticate) -> Blueprint:
         return Response(
             data,
             mimetype=file.image.content_type,
-            headers={"Cache-Control": "private, max-age=3600", "ETag": f'"{file.image.sha256}"'},
+            headers={
+                "Cache-Control": "private, max-age=3600",
+                "ETag": f'"{file.image.sha256}"',
+                "Content-Disposition": _disposition(file),
+            },
         )
 
     @bp.delete("/<file_id>")
@@ -87,6 +91,18 @@ def blueprint(files: FileService, authenticate: Authenticate) -> Blueprint:
         return jsonify({"id": file_id, "object": "file", "deleted": True})
 
     return bp
+
+
+INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+"""Types browsers show as images and never as anything else; other downloads are attachments."""
+
+
+def _disposition(file: StoredFile) -> str:
+    """``inline`` for a decoded image of a type in :data:`INLINE_TYPES`, else ``attachment``;
+    named by the file's id (the uploaded name is the client's text, never put in a header)."""
+    kind = "inline" if file.image.content_type in INLINE_TYPES else "attachment"
+    extension = file.image.content_type.partition("/")[2]
+    return f'{kind}; filename="{file.id}.{extension}"'
 
 
 def _after() -> str | None:

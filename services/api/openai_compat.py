@@ -32,7 +32,7 @@ from services.api.auth import Authenticate, current_key
 from services.api.body import json_body
 from services.api.schemas import parse_json_job
 from services.errors import BadRequest, InvalidInput, Unavailable, UnsupportedMediaType
-from services.jobs.presenter import job_to_public
+from services.jobs.presenter import job_to_public, public_error_message
 from services.jobs.service import JobService
 from services.jobs.types import Job
 from services.jobs.waiting import JobWaiter
@@ -158,7 +158,7 @@ def _job_error(job: Job, waited: int) -> Response:
         status, kind = (
             (422, "invalid_request_error") if code in INPUT_ERROR_CODES else (502, "server_error")
         )
-        message = job.error_message or f"Job {job.id} failed."
+        message = public_error_message(code, job.error_message)
     response = jsonify(
         {"error": {"code": code, "message": message, "type": kind, "param": None, "job_id": job.id}}
     )

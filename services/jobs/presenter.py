@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -9,6 +10,21 @@ from services.clock import timestamp
 from services.jobs.types import Job, QueueInfo
 from services.types import JobStatus
 from services.usage.pricing import Cost, money_str, price_job
+
+# What a Python exception looks like in text: "ModuleNotFoundError: No module named 'vllm'",
+# a traceback, a source file. Worker messages that carry one were written for operators.
+_INTERNALS = re.compile(
+    r"Traceback \(most recent call last\)|\b[A-Z]\w*(?:Error|Exception)\b|No module named"
+    r"|\bFile \"[^\"]+\.py\""
+)
+
+
+def public_error_message(code: str, message: str | None) -> str:
+    """``message`` as a client may see it: a message that names exceptions, modules or source
+    files (an engine that failed to load) becomes a plain sentence; the worker logged the rest."""
+    if message and not _INTERNALS.search(message):
+        return message
+    return f"The job failed on the server ({code}); the operators have the details in its logs."
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -37,7 +53,10 @@ def job_to_public(job: Job, queue: QueueInfo | None = None) -> dict[str, Any]:
         tokens_per_second = round(job.completion_tokens / run_seconds, 2)
     error = None
     if job.error_code is not None:
-        error = {"code": job.error_code, "message": job.error_message}
+        error = {
+            "code": job.error_code,
+            "message": public_error_message(job.error_code, job.error_message),
+        }
     return {
         "id": job.id,
         "object": "job",
