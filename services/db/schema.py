@@ -56,6 +56,9 @@ api_keys = Table(
     Column("role", String(16), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("revoked_at", UTCDateTime(), nullable=True),
+    Column("expires_at", UTCDateTime(), nullable=True),  # None: never expires
+    # Written at most once a minute per key (see services/auth/keys.py), not per request.
+    Column("last_used_at", UTCDateTime(), nullable=True),
 )
 
 jobs = Table(
