@@ -1,16 +1,21 @@
-"""Operator commands: ``python -m services.cli migrate | create-key | set-quota``."""
+"""Operator commands: ``python -m services.cli migrate | create-key | list-keys | revoke-key |
+rotate-key | set-quota``."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TypeVar
 
 import click
 
-from services.auth.keys import Role, SqlKeyStore
+from services.auth.keys import Role, SqlKeyStore, key_to_public
 from services.clock import utcnow
 from services.db import make_engine, upgrade_to_head
-from services.errors import NotFound
+from services.errors import LoupeError, NotFound
 from services.settings import load_settings
 from services.usage.pricing import quantize
 from services.usage.quotas import SqlQuotaStore
@@ -29,18 +34,65 @@ def migrate() -> None:
     click.echo("database is at the newest schema")
 
 
+T = TypeVar("T")
+
+
+@contextmanager
+def _keys() -> Iterator[SqlKeyStore]:
+    """The key store of the configured database; Loupe's errors become CLI errors (exit 1)."""
+    engine = make_engine(load_settings().database_url)
+    try:
+        yield SqlKeyStore(engine)
+    except LoupeError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        engine.dispose()
+
+
+def _with_keys(action: Callable[[SqlKeyStore], T]) -> T:
+    with _keys() as keys:
+        return action(keys)
+
+
 @main.command("create-key")
 @click.option("--name", required=True, help="Who or what the key is for.")
 @click.option("--role", type=click.Choice([r.value for r in Role]), default=Role.USER.value)
-def create_key(name: str, role: str) -> None:
+@click.option(
+    "--expires-at",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    help="When the key stops working (UTC), e.g. 2027-01-01; default: never.",
+)
+def create_key(name: str, role: str, expires_at: datetime | None) -> None:
     """Create an API key; the plaintext key is printed once, on the last line."""
-    settings = load_settings()
-    engine = make_engine(settings.database_url)
-    try:
-        key, plaintext = SqlKeyStore(engine).create(name, Role(role), utcnow())
-    finally:
-        engine.dispose()
+    expiry = None if expires_at is None else expires_at.replace(tzinfo=UTC)
+    key, plaintext = _with_keys(lambda keys: keys.create(name, Role(role), utcnow(), expiry))
     click.echo(f"created {key.role.value} key {key.id} ({key.name})", err=True)
+    click.echo(plaintext)
+
+
+@main.command("list-keys")
+def list_keys() -> None:
+    """Print every key (never a secret) as one JSON object a line, newest first."""
+    now = utcnow()
+    for key in _with_keys(lambda keys: keys.list()):
+        click.echo(json.dumps(key_to_public(key, now)))
+
+
+@main.command("revoke-key")
+@click.argument("key_id")
+def revoke_key(key_id: str) -> None:
+    """Revoke a key: its next request is refused. Prints the key."""
+    key = _with_keys(lambda keys: keys.revoke(key_id, utcnow()))
+    click.echo(json.dumps(key_to_public(key, utcnow())))
+
+
+@main.command("rotate-key")
+@click.argument("key_id")
+def rotate_key(key_id: str) -> None:
+    """Give a key a new secret (printed once, on the last line); the old one stops working.
+    The key keeps its id, jobs, files and quotas."""
+    key, plaintext = _with_keys(lambda keys: keys.rotate(key_id))
+    click.echo(f"rotated {key.role.value} key {key.id} ({key.name})", err=True)
     click.echo(plaintext)
 
 

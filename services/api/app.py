@@ -8,7 +8,18 @@ from typing import Any
 
 from flask import Flask
 
-from services.api import admin, files, health, jobs, metrics, models, openai_compat, usage, webhooks
+from services.api import (
+    admin,
+    files,
+    health,
+    jobs,
+    keys,
+    metrics,
+    models,
+    openai_compat,
+    usage,
+    webhooks,
+)
 from services.api.auth import authenticator
 from services.api.errors import register_error_handlers
 from services.api.headers import register_security_headers
@@ -45,6 +56,7 @@ def _register_blueprints(app: Flask, root: ApiRoot) -> None:
         usage.blueprint(root.usage, root.quotas, authenticate),
         webhooks.blueprint(root.webhooks, authenticate),
         admin.api_blueprint(root.monitor, authenticate),
+        keys.blueprint(root.keys, root.key_quotas, authenticate),
         admin.page_blueprint(),
         metrics.blueprint(root.monitor, settings.metrics_token),
         openai_compat.blueprint(

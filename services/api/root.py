@@ -26,7 +26,7 @@ from services.settings import Settings
 from services.storage.blobs import BlobStore, S3BlobStore
 from services.usage.estimate import CostEstimator, TokenizerFileCounter
 from services.usage.ledger import SqlUsageLedger
-from services.usage.quotas import QuotaEnforcer
+from services.usage.quotas import QuotaEnforcer, SqlQuotaStore
 from services.webhooks.queue import WebhookQueue
 from services.webhooks.service import WebhookService
 from services.webhooks.store import SqlWebhookStore
@@ -49,6 +49,7 @@ class ApiRoot:
     files: FileService
     usage: SqlUsageLedger
     quotas: QuotaEnforcer
+    key_quotas: SqlQuotaStore
     webhooks: WebhookService
     monitor: Monitor
     waiter: JobWaiter
@@ -120,7 +121,8 @@ def _assemble(settings: Settings, parts: _Parts, stack: ExitStack) -> ApiRoot:
     readiness = _readiness(settings, parts.engine, stack)
     return ApiRoot(
         settings=settings, keys=SqlKeyStore(parts.engine), jobs=jobs, files=files,
-        usage=SqlUsageLedger(parts.engine), quotas=quotas, webhooks=webhooks, monitor=monitor,
+        usage=SqlUsageLedger(parts.engine), quotas=quotas,
+        key_quotas=SqlQuotaStore(parts.engine), webhooks=webhooks, monitor=monitor,
         waiter=waiter, registry=parts.registry, readiness=readiness, resources=stack.pop_all(),
     )  # fmt: skip
 
