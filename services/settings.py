@@ -98,6 +98,8 @@ class Settings:
     heartbeat_seconds: int = 5
     heartbeat_ttl_seconds: int = 15
     metrics_token: str | None = None
+    # /metrics with no token: an admin API key is needed unless this opens it to anyone.
+    metrics_open: bool = False
     metrics_cache_ms: int = 1000
     # Waiting (long-poll, ``Prefer: wait``, /v1/chat/completions); see services/jobs/waiting.py.
     redis_url: str = "redis://127.0.0.1:6379/0"  # job-change pub/sub; defaults to broker_url
@@ -373,6 +375,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         heartbeat_seconds=_int(env, "HEARTBEAT_SECONDS", defaults.heartbeat_seconds, 1),
         heartbeat_ttl_seconds=_int(env, "HEARTBEAT_TTL_SECONDS", defaults.heartbeat_ttl_seconds, 2),
         metrics_token=_opt(env, "METRICS_TOKEN"),
+        metrics_open=_bool(env, "METRICS_OPEN", defaults.metrics_open),
         metrics_cache_ms=_int(env, "METRICS_CACHE_MS", defaults.metrics_cache_ms, 0),
         **_waiting_settings(env, defaults),
     )

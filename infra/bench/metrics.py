@@ -143,7 +143,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         upgrade_to_head(db_url)
         settings = load_settings({
             "LOUPE_DATABASE_URL": db_url, "LOUPE_BROKER_URL": server.url,
-            "LOUPE_METRICS_CACHE_MS": str(args.cache_ms),
+            "LOUPE_METRICS_CACHE_MS": str(args.cache_ms), "LOUPE_METRICS_OPEN": "true",
             "LOUPE_S3_ENDPOINT_URL": "http://127.0.0.1:9",  # never called here
         })  # fmt: skip
         engine = make_engine(db_url)

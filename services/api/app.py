@@ -58,7 +58,12 @@ def _register_blueprints(app: Flask, root: ApiRoot) -> None:
         admin.api_blueprint(root.monitor, authenticate),
         keys.blueprint(root.keys, root.key_quotas, authenticate),
         admin.page_blueprint(),
-        metrics.blueprint(root.monitor, settings.metrics_token),
+        metrics.blueprint(
+            root.monitor,
+            settings.metrics_token,
+            open_=settings.metrics_open,
+            authenticate=authenticate,
+        ),
         openai_compat.blueprint(
             root.jobs, root.waiter, root.registry.default_model, chat_timeout, authenticate
         ),

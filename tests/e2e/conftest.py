@@ -171,6 +171,7 @@ def admin_env(
         "LOUPE_HEARTBEAT_SECONDS": "1",
         "LOUPE_HEARTBEAT_TTL_SECONDS": str(ADMIN_HEARTBEAT_TTL_SECONDS),
         "LOUPE_METRICS_CACHE_MS": "0",
+        "LOUPE_METRICS_OPEN": "true",  # scraped as Prometheus would on a private network
     }
 
 

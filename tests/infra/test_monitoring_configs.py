@@ -12,6 +12,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.admin.prometheus import METRIC_NAMES
+from services.auth.keys import Role
+from tests.conftest import auth
+from tests.support.keys import new_key
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 _METRIC = re.compile(r"\bloupe_[a-z_]+\b")
@@ -41,9 +44,10 @@ def used_metrics(node: Any) -> set[str]:
 
 
 @pytest.fixture
-def exposed(client) -> set[str]:
+def exposed(api, client) -> set[str]:
     """Family names of a real /metrics scrape (as the parser names them)."""
-    text = client.get("/metrics").get_data(as_text=True)
+    admin = new_key(api.keys, "scraper", Role.ADMIN).token
+    text = client.get("/metrics", headers=auth(admin)).get_data(as_text=True)
     names = set()
     for family in text_string_to_metric_families(text):
         names.add(family.name if family.type != "counter" else family.name + "_total")

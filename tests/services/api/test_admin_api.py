@@ -109,7 +109,9 @@ def test_admin_queues_reports_depth_age_jobs_workers_and_failures(
     }  # fmt: skip
 
 
-def test_metrics_expose_queue_workers_and_job_families(client, api, user_key, broker_url):
+def test_metrics_expose_queue_workers_and_job_families(
+    client, api, user_key, admin_key, broker_url
+):
     submit(client, user_key, 2)
     owner = api.keys.authenticate(user_key).id
     now = utcnow()
@@ -118,7 +120,7 @@ def test_metrics_expose_queue_workers_and_job_families(client, api, user_key, br
             completion_tokens=5)  # fmt: skip
     beat(broker_url, slots=8)
 
-    response = client.get("/metrics")
+    response = client.get("/metrics", headers=auth(admin_key))
 
     assert response.status_code == 200
     assert response.content_type.startswith("text/plain; version=0.0.4")
@@ -138,6 +140,20 @@ def test_metrics_expose_queue_workers_and_job_families(client, api, user_key, br
     assert samples[("loupe_cost_total", (("currency", "USD"), model))] > 0
 
 
+def test_metrics_without_a_token_setting_need_an_admin_key(client, user_key, admin_key):
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=auth(user_key)).status_code == 403
+    assert client.get("/metrics", headers=auth(admin_key)).status_code == 200
+
+
+def test_metrics_opened_explicitly_need_nothing(settings_for):
+    api = build_test_api(settings_for(metrics_open=True))
+    try:
+        assert api.client().get("/metrics").status_code == 200
+    finally:
+        api.close()
+
+
 def test_metrics_with_token_setting_need_the_token(settings_for):
     settings = settings_for(metrics_token="s3cret")
     api = build_test_api(settings)
@@ -153,7 +169,7 @@ def test_metrics_with_token_setting_need_the_token(settings_for):
 
 
 def test_metrics_when_redis_is_down_is_503(settings_for):
-    settings = settings_for(broker_url="redis://127.0.0.1:1/0")
+    settings = settings_for(broker_url="redis://127.0.0.1:1/0", metrics_open=True)
     api = build_test_api(settings)
     try:
         response = api.client().get("/metrics")
