@@ -118,6 +118,10 @@ class Monitor:
             self._cached = (time.monotonic(), snap)
             return snap
 
+    def live_workers(self) -> list[WorkerInfo]:
+        """The workers whose heartbeat is live now (uncached: one Redis scan)."""
+        return self._workers.live()
+
     def _compute(self) -> Snapshot:
         now = self._clock()
         depths, unacked = self._broker.depths(self.queues)

@@ -52,7 +52,7 @@ def _register_blueprints(app: Flask, root: ApiRoot) -> None:
         health.blueprint(root.readiness),
         jobs.blueprint(root.jobs, waiting, root.registry.default_model, authenticate),
         files.blueprint(root.files, authenticate),
-        models.blueprint(root.registry, authenticate),
+        models.blueprint(root.registry, _live_workers(root), authenticate),
         usage.blueprint(root.usage, root.quotas, authenticate),
         webhooks.blueprint(root.webhooks, authenticate),
         admin.api_blueprint(root.monitor, authenticate),
@@ -69,6 +69,12 @@ def _register_blueprints(app: Flask, root: ApiRoot) -> None:
         ),
     ):
         app.register_blueprint(bp)
+
+
+def _live_workers(root: ApiRoot) -> models.LiveWorkers | None:
+    """What narrows /v1/models: nothing when LOUPE_SERVED_MODELS names the served models,
+    else the live workers (see :mod:`services.api.models`)."""
+    return None if root.settings.served_models else root.monitor.live_workers
 
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -14,7 +14,8 @@ from services.settings import Settings
 from tests.conftest import auth
 from tests.helpers import chat_body, count_jobs, count_objects, queue_length
 from tests.support.images import data_url, make_image
-from tests.support.roots import ApiUnderTest
+from tests.support.keys import new_key
+from tests.support.roots import ApiUnderTest, build_test_api
 
 
 def _assert_nothing_created(api: ApiUnderTest, settings: Settings, s3: Any) -> None:
@@ -317,13 +318,16 @@ def test_request_over_body_limit_is_413(client, api, settings, s3_server, user_k
     _assert_nothing_created(api, settings, s3_server)
 
 
-def test_list_models_shows_limits_and_prices(client, user_key):
-    response = client.get("/v1/models", headers=auth(user_key))
+def test_list_models_shows_limits_and_prices(settings_for):
+    served = ["loupe-tiny-mllama", "llama-3.2-11b-vision-instruct", "llama-3.2-90b-vision-instruct"]
+    api = build_test_api(settings_for(served_models=",".join(served)))
+    try:
+        response = api.client().get("/v1/models", headers=auth(new_key(api.keys).token))
+    finally:
+        api.close()
     assert response.status_code == 200
     models = {m["id"]: m for m in response.json["data"]}
-    assert set(models) >= {
-        "loupe-tiny-mllama", "llama-3.2-11b-vision-instruct", "llama-3.2-90b-vision-instruct",
-    }  # fmt: skip
+    assert set(models) == set(served)
     big = models["llama-3.2-90b-vision-instruct"]
     assert big["limits"]["max_images"] == 1
     assert big["pricing"] == {
