@@ -23,6 +23,7 @@ from services.api import (
 from services.api.auth import authenticator
 from services.api.errors import register_error_handlers
 from services.api.headers import register_security_headers
+from services.api.ratelimit import register_rate_limit_headers
 from services.api.root import ApiRoot
 from services.api.waiting import Waiting
 from services.errors import NotFound
@@ -38,6 +39,7 @@ def create_app(root: ApiRoot) -> Flask:
     logging.getLogger("loupe").setLevel(settings.log_level)
     register_error_handlers(app)
     register_security_headers(app)
+    register_rate_limit_headers(app, root.quotas)
     app.url_value_preprocessor(_refuse_odd_ids)
     _register_blueprints(app, root)
     return app

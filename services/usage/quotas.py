@@ -162,10 +162,29 @@ return {count, 60 - (second % 60)}
 """
 
 
+# The same window as _RATE_SCRIPT, read without counting: {count so far, seconds to its end}.
+_WINDOW_SCRIPT = """
+local now = redis.call('TIME')
+local second = tonumber(now[1])
+local count = redis.call('GET', KEYS[1] .. ':' .. math.floor(second / 60))
+return {tonumber(count or '0'), 60 - (second % 60)}
+"""
+
+
+@dataclass(frozen=True)
+class RateWindow:
+    """Where a key stands in its current one-minute submission window."""
+
+    limit: int
+    remaining: int  # submissions left before a 429 (0 once over)
+    reset_seconds: int  # until the window ends and ``remaining`` is ``limit`` again
+
+
 class RedisRateLimiter:
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._script = client.register_script(_RATE_SCRIPT)
+        self._window = client.register_script(_WINDOW_SCRIPT)
 
     def hit(self, key_id: str, limit: int) -> int | None:
         """Count a request; None if within ``limit`` this minute, else seconds to wait."""
@@ -174,6 +193,14 @@ class RedisRateLimiter:
         except redis.RedisError as exc:
             raise Unavailable(f"rate limiter unavailable: {exc}") from exc
         return None if int(count) <= limit else max(1, int(retry_after))
+
+    def window(self, key_id: str, limit: int) -> RateWindow:
+        """The current window of ``key_id`` under ``limit`` (one round trip; counts nothing)."""
+        try:
+            count, reset = self._window(keys=[f"loupe:rate:{key_id}"])
+        except redis.RedisError as exc:
+            raise Unavailable(f"rate limiter unavailable: {exc}") from exc
+        return RateWindow(limit, max(0, limit - int(count)), int(reset))
 
     def used(self, key_id: str) -> int:
         """Requests counted in the current minute (same window as :meth:`hit`; counts none)."""
@@ -213,6 +240,11 @@ class QuotaEnforcer:
                 code="rate_limited",
                 retry_after=retry_after,
             )
+
+    def rate_window(self, owner_id: str) -> RateWindow | None:
+        """The key's submission window, or None for a key without a per-minute limit."""
+        limit = self._quotas.get(owner_id).requests_per_minute
+        return None if limit is None else self._limiter.window(owner_id, limit)
 
     def standing(self, owner_id: str) -> QuotaStanding:
         """The key's limits and its current counts (for ``GET /v1/quota``)."""
