@@ -38,7 +38,7 @@ def blueprint(keys: KeyStore, quotas: SqlQuotaStore, authenticate: Authenticate)
     @bp.get("/<key_id>")
     def get_key(key_id: str) -> Response:
         key = keys.get(key_id)
-        return jsonify({**key_to_public(key, utcnow()), "quota": quotas.get(key.id).to_json()})
+        return jsonify({**key_to_public(key, utcnow()), "quota": quotas.get(key.id).to_public()})
 
     @bp.post("/<key_id>/revoke")
     def revoke_key(key_id: str) -> Response:
@@ -52,7 +52,7 @@ def blueprint(keys: KeyStore, quotas: SqlQuotaStore, authenticate: Authenticate)
     def set_quota(key_id: str) -> Response:
         change = parse_body(QuotaChange, json_body(request))
         quota = quotas.update(key_id, utcnow(), **change.changes())
-        return jsonify({"key_id": key_id, **quota.to_json()})
+        return jsonify({"key_id": key_id, **quota.to_public()})
 
     return bp
 
