@@ -61,6 +61,14 @@ class Settings:
     visibility_timeout_seconds: int = 7200
     worker_concurrency: int | None = None
     cancel_poll_ms: int = 250
+    # A running job's lease: its worker renews it every ``lease_renew_seconds``; one that lapses
+    # (the worker died or lost the database) is handed out again by the lost-job sweep, which
+    # runs every ``lost_sweep_seconds``. Recovery from a dead worker takes about lease + sweep.
+    lease_seconds: int = 30
+    lease_renew_seconds: int = 5
+    lost_sweep_seconds: int = 5
+    # Attempts that may end without a result (lease lapsed) before the job ends ``worker_lost``.
+    max_attempts: int = 3
     inference_queue: str = "inference"
     # (model, queue) pairs: a model's jobs go to its own Celery queue, so GPU pools that serve
     # different models (11B on one card, 90B across eight) each consume only their own jobs.
@@ -337,6 +345,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         worker_concurrency=_opt_int(env, "WORKER_CONCURRENCY", 1),
         cancel_poll_ms=_int(env, "CANCEL_POLL_MS", defaults.cancel_poll_ms, 10),
+        lease_seconds=_int(env, "LEASE_SECONDS", defaults.lease_seconds, 2),
+        lease_renew_seconds=_int(env, "LEASE_RENEW_SECONDS", defaults.lease_renew_seconds, 1),
+        lost_sweep_seconds=_int(env, "LOST_SWEEP_SECONDS", defaults.lost_sweep_seconds, 1),
+        max_attempts=_int(env, "MAX_ATTEMPTS", defaults.max_attempts, 1),
         inference_queue=_str(env, "INFERENCE_QUEUE", defaults.inference_queue),
         model_queues=_model_queues(env),
         engine_device=_str(env, "ENGINE_DEVICE", defaults.engine_device),
@@ -383,6 +395,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigurationError(
             "LOUPE_HEARTBEAT_TTL_SECONDS must exceed LOUPE_HEARTBEAT_SECONDS, "
             "or live workers blink out of the admin view between heartbeats"
+        )
+    if settings.lease_renew_seconds * 2 > settings.lease_seconds:
+        raise ConfigurationError(
+            "LOUPE_LEASE_RENEW_SECONDS must be at most half of LOUPE_LEASE_SECONDS, "
+            "or one slow renewal lets a live worker's lease lapse"
         )
     side_queues = {settings.webhook_queue, settings.maintenance_queue}
     if side_queues & {queue for _, queue in settings.model_queues}:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from services import wiring
@@ -21,6 +21,7 @@ from services.webhooks.store import SqlWebhookStore
 from workers.cancel_watcher import CancelWatcher
 from workers.engines.base import Engine
 from workers.engines.factory import EnginePool
+from workers.lease_keeper import LeaseKeeper
 
 
 class EngineProvider(Protocol):
@@ -38,8 +39,10 @@ class WorkerContext:
     registry: ModelRegistry
     engines: EngineProvider
     cancels: CancelWatcher
+    leases: LeaseKeeper
     events: JobEvents
     image_limits: ImageLimits
+    max_attempts: int = 3  # lost attempts (lapsed leases) before a job ends worker_lost
     clock: Callable[[], datetime] = utcnow
     resources: ExitStack = field(default_factory=ExitStack, repr=False, compare=False)
 
@@ -63,7 +66,14 @@ def build_worker_context(settings: Settings) -> WorkerContext:
             cancels=stack.enter_context(
                 closing(CancelWatcher(store, settings.cancel_poll_ms / 1000))
             ),
+            leases=stack.enter_context(closing(_lease_keeper(store, settings))),
             events=wiring.job_events(stack, settings, SqlWebhookStore(engine), hooks),
             image_limits=ImageLimits.from_settings(settings),
+            max_attempts=settings.max_attempts,
             resources=stack.pop_all(),  # last: everything above registered its release
         )
+
+
+def _lease_keeper(store: JobStore, settings: Settings) -> LeaseKeeper:
+    lease = timedelta(seconds=settings.lease_seconds)
+    return LeaseKeeper(store, lease, settings.lease_renew_seconds)

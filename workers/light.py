@@ -38,6 +38,7 @@ class LightContext:
     broker: QueuedMessages
     registry: ModelRegistry
     retention: timedelta
+    max_attempts: int  # lost attempts (lapsed leases) before a job ends worker_lost
     clock: Callable[[], datetime] = utcnow
     resources: ExitStack = field(default_factory=ExitStack, repr=False, compare=False)
 
@@ -67,5 +68,6 @@ def build_light_context(settings: Settings) -> LightContext:
             broker=stack.enter_context(closing(RedisQueuedMessages.from_url(settings.broker_url))),
             registry=build_registry(settings),
             retention=timedelta(seconds=settings.retention_seconds),
+            max_attempts=settings.max_attempts,
             resources=stack.pop_all(),  # last: everything above registered its release
         )

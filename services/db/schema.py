@@ -12,6 +12,7 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -94,6 +95,12 @@ jobs = Table(
     Column("request_hash", String(64), nullable=True),
     # Set when retention removed the job's images and output.
     Column("data_removed_at", UTCDateTime(), nullable=True),
+    # Attempts that ended with their lease lapsed (LOUPE_MAX_ATTEMPTS caps them; migration 0008).
+    Column("lost_attempts", Integer(), nullable=False, server_default="0"),
+    # When the job last became queued again (NULL: at created_at), and its queue time so far:
+    # a re-run's queue time never includes its time on a dead worker.
+    Column("queued_at", UTCDateTime(), nullable=True),
+    Column("queue_seconds", Float(), nullable=True),
     Index("ix_jobs_owner_created", "owner_id", "created_at"),
     Index("ix_jobs_status", "status"),
     Index("ux_jobs_owner_idempotency", "owner_id", "idempotency_key", unique=True),

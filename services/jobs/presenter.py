@@ -69,11 +69,12 @@ def job_to_public(job: Job, queue: QueueInfo | None = None) -> dict[str, Any]:
         "output": output,
         "usage": usage,
         "metrics": {
-            "queue_seconds": _seconds(job.created_at, job.started_at),
+            "queue_seconds": _queue_seconds(job),
             "run_seconds": run_seconds,
             "tokens_per_second": tokens_per_second,
         },
         "error": error,
+        "attempts": job.attempts,
         "cancel_requested": job.cancel_requested_at is not None,
         "expires_at": timestamp(job.expires_at),
         "queue_position": None if queue is None else queue.position,
@@ -84,6 +85,16 @@ def job_to_public(job: Job, queue: QueueInfo | None = None) -> dict[str, Any]:
         "webhook_events_filter": list(job.webhook_events),
         "estimated_cost": _estimate(job),
     }
+
+
+def _queue_seconds(job: Job) -> float | None:
+    """Time spent queued, over every attempt (never a dead worker's run time); rows from before
+    migration 0008 have none stored: their start minus their submit."""
+    if job.started_at is None:
+        return None
+    if job.queue_seconds is not None:
+        return round(job.queue_seconds, 3)
+    return _seconds(job.created_at, job.started_at)
 
 
 def _cost(job: Job) -> Cost:

@@ -102,7 +102,11 @@ class JobRunStore(Protocol):
 
     def get(self, job_id: str) -> Job: ...
     def claim(self, job_id: str, now: datetime, lease: timedelta) -> Job | None: ...
-    def release(self, job_id: str, attempt: int) -> bool: ...
+    def renew(
+        self, held: Collection[tuple[str, int]], now: datetime, lease: timedelta
+    ) -> set[str]: ...
+    def reclaim_lapsed(self, job_id: str, now: datetime, max_attempts: int) -> JobStatus | None: ...
+    def release(self, job_id: str, attempt: int, now: datetime) -> bool: ...
     def succeed(
         self,
         job_id: str,
@@ -138,6 +142,31 @@ class JobRunStore(Protocol):
     def expire_queued(self, job_id: str, now: datetime) -> bool: ...
 
 
+WORKER_LOST_MESSAGE = "The job's worker was lost (crashed or unreachable) on every attempt."
+
+
+def _requeued(now: datetime) -> dict[str, Any]:
+    """The columns of a lapsed run handed out again: queued from ``now``."""
+    return {
+        "status": JobStatus.QUEUED.value,
+        "started_at": None,
+        "lease_expires_at": None,
+        "queued_at": now,
+    }
+
+
+def _worker_lost(now: datetime, lost: int) -> dict[str, Any]:
+    """The columns of a job that lost its worker ``lost`` times: failed, billed for nothing."""
+    return {
+        "status": JobStatus.FAILED.value,
+        "completed_at": now,
+        "lease_expires_at": None,
+        "error_code": "worker_lost",
+        "error_message": f"{WORKER_LOST_MESSAGE} ({lost} attempts)",
+        "billed": False,
+    }
+
+
 class JobSweepStore(Protocol):
     """The periodic sweeps' reads and writes: expiry, lost messages and retention."""
 
@@ -146,6 +175,7 @@ class JobSweepStore(Protocol):
     def expire_queued(self, job_id: str, now: datetime) -> bool: ...
     def queued_since_before(self, cutoff: datetime, limit: int) -> list[JobRoute]: ...
     def lease_expired(self, now: datetime, limit: int) -> list[JobRoute]: ...
+    def reclaim_lapsed(self, job_id: str, now: datetime, max_attempts: int) -> JobStatus | None: ...
     def retention_due(self, cutoff: datetime, limit: int) -> list[Job]: ...
     def image_in_use(self, image_key: str, excluding: Sequence[str]) -> bool: ...
     def remove_data(self, job_id: str, now: datetime) -> bool: ...
@@ -199,25 +229,30 @@ class SqlJobStore:
         return result.rowcount == 1
 
     def claim(self, job_id: str, now: datetime, lease: timedelta) -> Job | None:
-        """queued → running (or take over a running job whose lease expired). None if not ours.
+        """queued → running with a lease until ``now + lease``; None if the job is not queued.
 
-        A queued job past its TTL is never claimed: it is for ``expire_queued``."""
-        claimable = or_(
-            and_(
-                jobs.c.status == JobStatus.QUEUED.value,
-                or_(jobs.c.expires_at.is_(None), jobs.c.expires_at > now),
-            ),
-            and_(jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at < now),
-        )
+        A queued job past its TTL is never claimed: it is for ``expire_queued``. The time since
+        the job was (last) queued is added to ``queue_seconds``. Fenced by ``attempts``, so of
+        two workers claiming the same job one gets it."""
+        start = self._claimable(job_id, now)
+        if start is None:
+            return None
+        attempts, waited = start
         with writing(self._engine) as conn:
             result = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, claimable)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.status == JobStatus.QUEUED.value,
+                    jobs.c.attempts == attempts,
+                )
                 .values(
                     status=JobStatus.RUNNING.value,
-                    attempts=jobs.c.attempts + 1,
+                    attempts=attempts + 1,
                     started_at=now,
                     lease_expires_at=now + lease,
+                    queued_at=None,
+                    queue_seconds=waited,
                 )
             )
             if result.rowcount != 1:
@@ -225,14 +260,69 @@ class SqlJobStore:
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().one()
         return row_to_job(row)
 
-    def release(self, job_id: str, attempt: int) -> bool:
-        """running → queued after a transient failure, so a retry can claim it again."""
+    def _claimable(self, job_id: str, now: datetime) -> tuple[int, float] | None:
+        """(attempts, queue seconds up to ``now``) of a queued job within its TTL, else None."""
+        query = select(
+            jobs.c.attempts, jobs.c.created_at, jobs.c.queued_at, jobs.c.queue_seconds
+        ).where(
+            jobs.c.id == job_id,
+            jobs.c.status == JobStatus.QUEUED.value,
+            or_(jobs.c.expires_at.is_(None), jobs.c.expires_at > now),
+        )
+        with reading(self._engine) as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        since = row.queued_at or row.created_at
+        waited = (row.queue_seconds or 0.0) + max(0.0, (now - since).total_seconds())
+        return int(row.attempts), round(waited, 6)
+
+    def renew(self, held: Collection[tuple[str, int]], now: datetime, lease: timedelta) -> set[str]:
+        """Extend to ``now + lease`` the lease of each (job id, attempt) still running on that
+        attempt; the ids renewed. A job missing from the answer is no longer held by us."""
+        renewed = set()
+        with writing(self._engine) as conn:
+            for job_id, attempt in sorted(held):
+                result = conn.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.id == job_id,
+                        jobs.c.status == JobStatus.RUNNING.value,
+                        jobs.c.attempts == attempt,
+                    )
+                    .values(lease_expires_at=now + lease)
+                )
+                if result.rowcount == 1:
+                    renewed.add(job_id)
+        return renewed
+
+    def reclaim_lapsed(self, job_id: str, now: datetime, max_attempts: int) -> JobStatus | None:
+        """A running job whose lease lapsed before ``now`` (its worker died or lost us) counts
+        one lost attempt: back to ``queued``, or ``failed``/``worker_lost`` (never billed) at
+        ``max_attempts`` lost attempts. The new status, or None if the job had no lapsed lease."""
+        lapsed = (jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at < now)
+        with reading(self._engine) as conn:
+            row = conn.execute(
+                select(jobs.c.attempts, jobs.c.lost_attempts).where(jobs.c.id == job_id, *lapsed)
+            ).first()
+        if row is None:
+            return None
+        lost = int(row.lost_attempts) + 1
+        values = _requeued(now) if lost < max_attempts else _worker_lost(now, lost)
+        where = (jobs.c.id == job_id, jobs.c.attempts == row.attempts, *lapsed)
+        if not self._update(where, lost_attempts=lost, **values):
+            return None
+        return JobStatus(values["status"])
+
+    def release(self, job_id: str, attempt: int, now: datetime) -> bool:
+        """running → queued (from ``now``) after a transient failure, so a retry can claim it."""
         return self._transition(
             job_id,
             attempt,
             status=JobStatus.QUEUED.value,
             started_at=None,
             lease_expires_at=None,
+            queued_at=now,
         )
 
     def succeed(
@@ -365,8 +455,8 @@ class SqlJobStore:
         return self._routes(JobStatus.QUEUED, jobs.c.created_at, cutoff, limit)
 
     def lease_expired(self, now: datetime, limit: int) -> list[JobRoute]:
-        """Running jobs whose lease ran out: their worker died (a live one ends every job by
-        its timeout, and the lease is the timeout plus a grace)."""
+        """Running jobs whose lease ran out: their worker died, or could not renew the lease
+        (a live one renews it every few seconds)."""
         return self._routes(JobStatus.RUNNING, jobs.c.lease_expires_at, now, limit)
 
     def _routes(

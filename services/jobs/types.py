@@ -69,6 +69,10 @@ class Job:
     billed: bool | None = None
     estimated_prompt_tokens: int | None = None
     estimated_cost_max: Decimal | None = None
+    # Attempts that ended with their lease lapsed (the worker died); LOUPE_MAX_ATTEMPTS caps them.
+    lost_attempts: int = 0
+    # Time spent queued before the current (or last) run started, over every attempt.
+    queue_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from services.auth.keys import Role
 from services.catalog.registry import build_registry
 from services.clock import utcnow
 from services.errors import ConfigurationError
+from services.jobs.events import NoJobEvents
 from services.jobs.maintenance import requeue_lost
 from services.jobs.queue import RedisQueuedMessages
 from services.settings import Settings, load_settings
@@ -101,10 +102,11 @@ def test_the_lost_job_sweep_publishes_on_the_jobs_own_queue(client, api, setting
         assert broker.delete("gpu-90b:5") == 1
         later = utcnow() + timedelta(minutes=3)
         scan = RedisQueuedMessages(broker)
-        args = (api.jobs, scan, api.queue, api.registry, later)
-        assert requeue_lost(*args, timedelta(minutes=2)) == 1
+        args = (api.jobs, scan, api.queue, api.registry, later, timedelta(minutes=2))
+        sweep = {"max_attempts": 3, "events": NoJobEvents()}
+        assert requeue_lost(*args, **sweep) == 1
         assert _ids_in(broker, "gpu-90b:5") == [job_id]
-        assert requeue_lost(*args, timedelta(minutes=2)) == 0
+        assert requeue_lost(*args, **sweep) == 0
     finally:
         broker.close()
 

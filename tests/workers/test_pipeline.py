@@ -25,9 +25,11 @@ from tests.support.stores import sql_job_store
 from workers.cancel_watcher import CancelWatcher
 from workers.context import WorkerContext
 from workers.engines.base import GenerationRequest, GenerationResult
+from workers.lease_keeper import LeaseKeeper
 from workers.pipeline import NotServedHere, Outcome, RetryLater, give_up, process_job
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
+LEASE = timedelta(seconds=30)
 
 
 class FakeEngine:
@@ -103,6 +105,7 @@ def _ctx(store, engine: FakeEngine, blobs: Any = None, events: Any = None) -> Wo
         registry=build_registry(Settings()),
         engines=FakeEngines(engine),
         cancels=CancelWatcher(store, 0.01),
+        leases=LeaseKeeper(store, LEASE, 0.05, clock=lambda: NOW),
         events=events or NoJobEvents(),
         image_limits=ImageLimits.from_settings(Settings()),
         clock=lambda: NOW,

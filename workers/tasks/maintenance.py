@@ -50,4 +50,14 @@ def requeue_overdue_webhooks(self: Task[Any, Any]) -> int:
 @shared_task(name=LOST_JOBS_TASK, bind=True, ignore_result=True)
 def requeue_lost_jobs(self: Task[Any, Any]) -> int:
     ctx = roots_of(self.app).light()
-    return requeue_lost(ctx.jobs, ctx.broker, ctx.queue, ctx.registry, ctx.clock(), LOST_JOB_GRACE)
+    routes, now = ctx.registry, ctx.clock()
+    return requeue_lost(
+        ctx.jobs,
+        ctx.broker,
+        ctx.queue,
+        routes,
+        now,
+        LOST_JOB_GRACE,
+        max_attempts=ctx.max_attempts,
+        events=ctx.events,
+    )

@@ -8,6 +8,7 @@ from datetime import timedelta
 import redis
 
 from services.clock import utcnow
+from services.jobs.events import NoJobEvents
 from services.jobs.maintenance import expire_overdue, remove_old_data, requeue_lost
 from services.jobs.queue import UNACKED_KEY, RedisQueuedMessages, priority_queue_names
 from services.types import JobStatus
@@ -128,19 +129,27 @@ def test_requeue_lost_publishes_again_only_old_queued_jobs_with_no_message(clien
     try:
         for job_id in (lost, lost_low, canceled):
             _drop_message(broker, job_id)
-        grace = timedelta(minutes=2)
         # Younger than the grace period: the API may be between its commit and its publish.
-        assert requeue_lost(api.jobs, scan, api.queue, api.registry, utcnow(), grace) == 0
+        assert _sweep(api, scan, utcnow()) == 0
         later = utcnow() + timedelta(minutes=3)
-        assert requeue_lost(api.jobs, scan, api.queue, api.registry, later, grace) == 2
+        assert _sweep(api, scan, later) == 2
         assert scan.held("inference").all == {kept, lost, lost_low}
         assert any(json.loads(raw)["headers"]["id"] == lost_low
                    for raw in broker.lrange("inference:9", 0, -1))  # fmt: skip
         # Nothing lost any more: a second sweep publishes nothing, so no duplicates pile up.
-        assert requeue_lost(api.jobs, scan, api.queue, api.registry, later, grace) == 0
+        assert _sweep(api, scan, later) == 0
         assert sum(broker.llen(n) for n in priority_queue_names("inference").values()) == 3
     finally:
         broker.close()
+
+
+def _sweep(api, scan, now, max_attempts: int = 3) -> int:
+    """The lost-job sweep at ``now``, as beat runs it (2 minutes' grace for new jobs)."""
+    grace = timedelta(minutes=2)
+    return requeue_lost(
+        api.jobs, scan, api.queue, api.registry, now, grace,
+        max_attempts=max_attempts, events=NoJobEvents(),
+    )  # fmt: skip
 
 
 def _deliver(client: redis.Redis, job_id: str) -> None:
@@ -163,16 +172,36 @@ def test_requeue_lost_publishes_again_a_running_job_whose_worker_died(client, ap
             _deliver(broker, job_id)  # taken by a worker: unacked until it finishes
         assert api.jobs.claim(dead, now, timedelta(seconds=30)) is not None
         assert api.jobs.claim(alive, now, timedelta(minutes=10)) is not None
-        grace = timedelta(minutes=2)
-        assert requeue_lost(api.jobs, scan, api.queue, api.registry, now, grace) == 0
-        # 5 minutes on, the first lease ran out: that worker is gone (a live one ends every job
-        # by its timeout). Its unacked message would only come back after the visibility timeout.
+        assert _sweep(api, scan, now) == 0
+        # 5 minutes on, the first lease lapsed: that worker is gone (a live one renews its
+        # leases). Its unacked message would only come back after the visibility timeout.
         later = now + timedelta(minutes=5)
-        assert requeue_lost(api.jobs, scan, api.queue, api.registry, later, grace) == 1
+        assert _sweep(api, scan, later) == 1
         assert scan.held("inference").waiting == {dead}
-        assert requeue_lost(api.jobs, scan, api.queue, api.registry, later, grace) == 0
-        # A worker takes the new message: the claim takes the job over, with a new attempt.
+        assert _sweep(api, scan, later) == 0
+        # The job was queued again (one lost attempt); a worker takes the new message.
         taken = api.jobs.claim(dead, later, timedelta(seconds=30))
-        assert taken is not None and taken.attempts == 2
+        assert taken is not None and (taken.attempts, taken.lost_attempts) == (2, 1)
+    finally:
+        broker.close()
+
+
+def test_requeue_lost_ends_a_job_that_lost_its_worker_max_attempts_times(client, api, user_key):
+    body = chat_body(make_image())
+    job_id = client.post("/v1/jobs", json=body, headers=auth(user_key)).json["id"]
+    broker = _broker(api)
+    scan = RedisQueuedMessages(broker)
+    now = utcnow()
+    try:
+        _deliver(broker, job_id)  # taken by a worker, which dies: nothing waits in the queue
+        assert api.jobs.claim(job_id, now, timedelta(seconds=30)).attempts == 1
+        now += timedelta(seconds=31)
+        assert _sweep(api, scan, now, max_attempts=2) == 1  # lost once: queued, published again
+        assert api.jobs.get(job_id).status is JobStatus.QUEUED
+        assert api.jobs.claim(job_id, now, timedelta(seconds=30)).attempts == 2
+        now += timedelta(seconds=31)
+        assert _sweep(api, scan, now, max_attempts=2) == 0  # lost twice: ends here
+        job = api.jobs.get(job_id)
+        assert (job.status, job.error_code, job.billed) == (JobStatus.FAILED, "worker_lost", False)
     finally:
         broker.close()

@@ -72,11 +72,14 @@ def test_store_claim_is_compare_and_set(store, owner):
     assert store.claim("job_1", T0 + timedelta(seconds=1), LEASE) is None
 
 
-def test_store_claim_takes_over_after_lease_expires(store, owner):
+def test_store_lapsed_lease_is_queued_again_and_fences_off_the_first_holder(store, owner):
     store.insert(_new_job(owner), T0)
     first = store.claim("job_1", T0, LEASE)
+    assert store.claim("job_1", T0 + LEASE + timedelta(seconds=1), LEASE) is None  # running
+    assert store.reclaim_lapsed("job_1", T0 + LEASE, 3) is None  # not lapsed yet
+    assert store.reclaim_lapsed("job_1", T0 + LEASE + timedelta(seconds=1), 3) is JobStatus.QUEUED
     second = store.claim("job_1", T0 + LEASE + timedelta(seconds=1), LEASE)
-    assert second is not None
+    assert second is not None and second.lost_attempts == 1
     assert second.attempts == 2
     # The first holder is fenced off: its late result is refused.
     assert not store.succeed(
@@ -109,7 +112,7 @@ def test_store_finished_job_cannot_be_claimed_or_finished_again(store, owner):
 def test_store_release_requeues_for_retry(store, owner):
     store.insert(_new_job(owner), T0)
     job = store.claim("job_1", T0, LEASE)
-    assert store.release("job_1", job.attempts)
+    assert store.release("job_1", job.attempts, T0)
     assert store.get("job_1").status is JobStatus.QUEUED
     assert store.claim("job_1", T0, LEASE).attempts == 2
 
@@ -230,3 +233,43 @@ def test_store_retention_clears_data_but_keeps_usage(store, owner):
     assert gone.prompt_tokens == 5 and gone.completion_tokens == 2 and len(gone.images) == 1
     assert store.retention_due(T0 + timedelta(days=1), 10) == []
     assert not store.remove_data("job_new", T0)  # never a job that has not finished
+
+
+def test_store_renew_extends_only_leases_still_held(store, owner):
+    store.insert(_new_job(owner), T0)
+    store.insert(_new_job(owner, "job_2"), T0)
+    first = store.claim("job_1", T0, LEASE)
+    store.claim("job_2", T0, LEASE)
+    renewed = store.renew([("job_1", first.attempts), ("job_2", 99)], T0 + LEASE, LEASE)
+    assert renewed == {"job_1"}
+    # job_1's lease now runs to T0 + 2 leases; job_2 (not renewed: not our attempt) lapsed.
+    later = T0 + LEASE + timedelta(seconds=1)
+    assert store.reclaim_lapsed("job_1", later, 3) is None
+    assert store.reclaim_lapsed("job_2", later, 3) is JobStatus.QUEUED
+    assert store.renew([("job_2", 1)], later, LEASE) == set()  # requeued: no longer held
+
+
+def test_store_job_that_loses_its_worker_max_attempts_times_fails_unbilled(store, owner):
+    store.insert(_new_job(owner), T0)
+    now = T0
+    for attempt in (1, 2, 3):
+        job = store.claim("job_1", now, LEASE)
+        assert job is not None and job.attempts == attempt
+        now += LEASE + timedelta(seconds=1)
+        expected = JobStatus.QUEUED if attempt < 3 else JobStatus.FAILED
+        assert store.reclaim_lapsed("job_1", now, 3) is expected
+    lost = store.get("job_1")
+    assert (lost.status, lost.error_code, lost.attempts, lost.lost_attempts) == (
+        JobStatus.FAILED, "worker_lost", 3, 3,
+    )  # fmt: skip
+    assert lost.billed is False and lost.completed_at == now
+    assert store.claim("job_1", now, LEASE) is None  # never handed out again
+
+
+def test_store_queue_seconds_leave_out_the_time_on_a_dead_worker(store, owner):
+    store.insert(_new_job(owner), T0)
+    store.claim("job_1", T0 + timedelta(seconds=2), LEASE)  # 2 s queued
+    lapsed = T0 + timedelta(seconds=100)  # the worker died; the sweep finds it here
+    assert store.reclaim_lapsed("job_1", lapsed, 3) is JobStatus.QUEUED
+    rerun = store.claim("job_1", lapsed + timedelta(seconds=3), LEASE)  # 3 s queued again
+    assert rerun is not None and rerun.queue_seconds == pytest.approx(5.0)
