@@ -32,6 +32,9 @@ TERMINAL_STATUSES = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED}
 )
 
+# The error code of a job failed because it lost its worker LOUPE_MAX_ATTEMPTS times.
+WORKER_LOST = "worker_lost"
+
 
 class Priority(enum.StrEnum):
     """Queue priority. Celery on Redis keeps one list per priority step; 0 is served first."""

@@ -34,6 +34,7 @@ METRIC_NAMES = (
     "loupe_jobs_by_status",
     "loupe_jobs_running",
     "loupe_jobs_total",
+    "loupe_jobs_worker_lost_total",
     "loupe_job_queue_wait_seconds",
     "loupe_job_run_seconds",
     "loupe_tokens_total",
@@ -111,16 +112,22 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
     cost = CounterMetricFamily(
         "loupe_cost", "Cost of finished jobs (price card at submit).", labels=["model", "currency"]
     )
+    worker_lost = CounterMetricFamily(
+        "loupe_jobs_worker_lost",
+        "Jobs failed worker_lost: their worker was lost on every allowed attempt.",
+        labels=["model"],
+    )
     for model, t in sorted(snap.totals.items()):
         for status, n in sorted(t.jobs_by_status.items()):
             jobs_total.add_metric([model, status], n)
+        worker_lost.add_metric([model], t.worker_lost)
         wait.add_metric([model], _buckets(t.queue_wait), t.queue_wait.total)
         run.add_metric([model], _buckets(t.run_time), t.run_time.total)
         tokens.add_metric([model, "prompt"], t.prompt_tokens)
         tokens.add_metric([model, "completion"], t.completion_tokens)
         for currency, amount in sorted(t.cost.items()):
             cost.add_metric([model, currency], float(amount))
-    yield from (jobs_total, wait, run, tokens, cost)
+    yield from (jobs_total, worker_lost, wait, run, tokens, cost)
 
     webhooks = CounterMetricFamily(
         "loupe_webhook_deliveries", "Webhook delivery attempts by outcome.", labels=["outcome"]

@@ -33,7 +33,7 @@ from services.admin.types import (
 )
 from services.db.schema import UTCDateTime, jobs
 from services.db.session import reading
-from services.types import TERMINAL_STATUSES, JobStatus, PriceCard, Priority
+from services.types import TERMINAL_STATUSES, WORKER_LOST, JobStatus, PriceCard, Priority
 from services.usage.pricing import price_job
 
 # Most rows read for the percentile windows; beyond it the newest rows are used.
@@ -201,6 +201,7 @@ class SqlJobStats:
             count_if(timed).label("timed"),
             func.sum(case((timed, wait), else_=0.0)).label("wait_sum"),
             func.sum(case((timed, run), else_=0.0)).label("run_sum"),
+            count_if(jobs.c.error_code == WORKER_LOST).label("lost"),
             *(count_if(and_(timed, wait <= b)) for b in QUEUE_WAIT_BUCKETS),
             *(count_if(and_(timed, run <= b)) for b in RUN_TIME_BUCKETS),
         ]
@@ -221,7 +222,7 @@ class SqlJobStats:
         n_wait = len(QUEUE_WAIT_BUCKETS)
         for row in rows:
             values = list(row)
-            buckets = [int(v or 0) for v in values[10:]]
+            buckets = [int(v or 0) for v in values[11:]]
             prompt, completion, images = (
                 int(row.prompt or 0),
                 int(row.completion or 0),
@@ -243,6 +244,7 @@ class SqlJobStats:
                 run_time=Histogram(
                     RUN_TIME_BUCKETS, buckets[n_wait:], int(row.timed or 0), float(row.run_sum or 0)
                 ),
+                worker_lost=int(row.lost or 0),
             )
             result.setdefault(row.model, ModelTotals()).add(part)
         return result

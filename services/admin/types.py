@@ -141,6 +141,7 @@ class ModelTotals:
     cost: dict[str, Decimal] = field(default_factory=dict)  # currency -> amount
     queue_wait: Histogram = field(default_factory=lambda: Histogram(QUEUE_WAIT_BUCKETS))
     run_time: Histogram = field(default_factory=lambda: Histogram(RUN_TIME_BUCKETS))
+    worker_lost: int = 0  # failed ``worker_lost``: lost their worker LOUPE_MAX_ATTEMPTS times
 
     def add(self, other: ModelTotals) -> None:
         for status, n in other.jobs_by_status.items():
@@ -151,6 +152,7 @@ class ModelTotals:
             self.cost[currency] = self.cost.get(currency, Decimal(0)) + amount
         self.queue_wait.add(other.queue_wait)
         self.run_time.add(other.run_time)
+        self.worker_lost += other.worker_lost
 
 
 def merge_totals(*parts: dict[str, ModelTotals]) -> dict[str, ModelTotals]:

@@ -35,7 +35,7 @@ from services.db.session import reading, writing
 from services.errors import Conflict, NotFound
 from services.jobs.rows import insert_values, row_to_job
 from services.jobs.types import Job, NewJob
-from services.types import JobStatus, Priority
+from services.types import WORKER_LOST, JobStatus, Priority
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def _worker_lost(now: datetime, lost: int) -> dict[str, Any]:
         "status": JobStatus.FAILED.value,
         "completed_at": now,
         "lease_expires_at": None,
-        "error_code": "worker_lost",
+        "error_code": WORKER_LOST,
         "error_message": f"{WORKER_LOST_MESSAGE} ({lost} attempts)",
         "billed": False,
     }

@@ -137,6 +137,17 @@ def test_stats_totals_count_tokens_cost_and_histograms(db, owner):
     assert totals["other"].cost == {"USD": Decimal(0)}  # no usage recorded: nothing billed
 
 
+def test_stats_totals_count_jobs_that_lost_their_worker(db, owner):
+    finished(db, owner, wait=1, run=1, end_ago=10, status="failed", error_code="worker_lost")
+    finished(db, owner, wait=1, run=1, end_ago=10, status="failed", error_code="engine_error")
+    finished(db, owner, wait=1, run=1, end_ago=10)
+
+    tiny = SqlJobStats(db).totals()["loupe-tiny-mllama"]
+
+    assert tiny.jobs_by_status == {"failed": 2, "succeeded": 1}
+    assert tiny.worker_lost == 1
+
+
 def test_totals_cache_adds_new_rows_once_and_keeps_settled_ones(db, owner):
     stats = SqlJobStats(db)
     cache = TotalsCache(stats, settle=timedelta(minutes=5))

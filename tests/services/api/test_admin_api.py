@@ -133,6 +133,7 @@ def test_metrics_expose_queue_workers_and_job_families(
     assert samples[("loupe_jobs_by_status", (("status", "queued"),))] == 2
     model = ("model", "loupe-tiny-mllama")
     assert samples[("loupe_jobs_total", (model, ("status", "succeeded")))] == 1
+    assert samples[("loupe_jobs_worker_lost_total", (model,))] == 0
     assert samples[("loupe_tokens_total", (("kind", "prompt"), model))] == 20
     assert samples[("loupe_job_run_seconds_count", (model,))] == 1
     assert samples[("loupe_job_run_seconds_bucket", (("le", "2.5"), model))] == 1
