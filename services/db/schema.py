@@ -95,7 +95,7 @@ jobs = Table(
     Column("request_hash", String(64), nullable=True),
     # Set when retention removed the job's images and output.
     Column("data_removed_at", UTCDateTime(), nullable=True),
-    # Attempts that ended with their lease lapsed (LOUPE_MAX_ATTEMPTS caps them; migration 0008).
+    # Attempts that ended with their lease lapsed (LOUPE_MAX_ATTEMPTS caps them; migration 0009).
     Column("lost_attempts", Integer(), nullable=False, server_default="0"),
     # When the job last became queued again (NULL: at created_at), and its queue time so far:
     # a re-run's queue time never includes its time on a dead worker.

@@ -89,7 +89,7 @@ def job_to_public(job: Job, queue: QueueInfo | None = None) -> dict[str, Any]:
 
 def _queue_seconds(job: Job) -> float | None:
     """Time spent queued, over every attempt (never a dead worker's run time); rows from before
-    migration 0008 have none stored: their start minus their submit."""
+    migration 0009 have none stored: their start minus their submit."""
     if job.started_at is None:
         return None
     if job.queue_seconds is not None:
