@@ -10,6 +10,7 @@ from flask import Flask
 
 from services.api import (
     admin,
+    docs,
     files,
     health,
     jobs,
@@ -52,6 +53,7 @@ def _register_blueprints(app: Flask, root: ApiRoot) -> None:
     chat_timeout = min(settings.chat_completions_timeout_seconds, settings.max_wait_seconds)
     for bp in (
         health.blueprint(root.readiness),
+        docs.blueprint(),
         jobs.blueprint(root.jobs, waiting, root.registry.default_model, authenticate),
         files.blueprint(root.files, authenticate),
         models.blueprint(root.registry, _live_workers(root), authenticate),

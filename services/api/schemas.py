@@ -407,6 +407,27 @@ def parse_form_job(
     )
 
 
+def form_job_schema(ref_template: str) -> dict[str, Any]:
+    """The multipart form :func:`parse_form_job` reads, as a JSON schema: the fields of
+    ``FormJobRequest`` it takes from the form (``model`` defaults), ``image`` files and
+    ``file_id`` values; other fields are refused."""
+    schema = FormJobRequest.model_json_schema(ref_template=ref_template)
+    fields = set(_FORM_SCALARS) | _FORM_LISTS
+    properties = {k: v for k, v in schema["properties"].items() if k in fields}
+    properties["image"] = {"type": "array", "items": {"type": "string", "format": "binary"}}
+    properties["file_id"] = {
+        "type": "array",
+        "items": ImageFile.model_json_schema()["properties"]["file_id"],
+    }
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": ["prompt"],
+        "additionalProperties": False,
+        "$defs": schema.get("$defs", {}),
+    }
+
+
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 

@@ -1,0 +1,75 @@
+"""/v1/openapi.json and /docs: the document is valid OpenAPI 3.1 and names every route."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Flask
+from openapi_spec_validator import OpenAPIV31SpecValidator
+
+from services.api.contract import SWAGGER_UI_ASSETS, document
+from services.api.docs import DOCS_CSP
+
+_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}  # HEAD and OPTIONS are Flask's own
+
+
+def _routes(app: Flask) -> set[tuple[str, str]]:
+    """(method, OpenAPI path) of every rule, Flask's static-file endpoints aside (they serve
+    the pages' own CSS and JavaScript, not API)."""
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static" or rule.endpoint.endswith(".static"):
+            continue
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        routes |= {(method, path) for method in (rule.methods or set()) & _METHODS}
+    return routes
+
+
+def _documented(doc: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(m.upper(), path) for path, item in doc["paths"].items() for m in item}
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    doc = document()
+    assert doc["openapi"] == "3.1.0"
+    OpenAPIV31SpecValidator(doc).validate()
+
+
+def test_every_route_is_documented_and_every_documented_route_exists(client: Any) -> None:
+    assert _routes(client.application) == _documented(document())
+
+
+def test_every_operation_documents_the_error_schema() -> None:
+    for path, item in document()["paths"].items():
+        for method, op in item.items():
+            errors = {s: r for s, r in op["responses"].items() if s >= "400"}
+            for status, response in errors.items():
+                assert "application/json" in response["content"], (method, path, status)
+
+
+def test_the_document_is_served(client: Any) -> None:
+    response = client.get("/v1/openapi.json")
+    assert response.status_code == 200
+    assert response.get_json() == document()
+
+
+def test_the_docs_page_runs_no_inline_script(client: Any) -> None:
+    response = client.get("/docs")
+    assert response.status_code == 200
+    assert response.headers["Content-Security-Policy"] == DOCS_CSP
+    assert "script-src 'self';" in DOCS_CSP and "frame-ancestors 'none'" in DOCS_CSP
+    page = response.get_data(as_text=True)
+    assert re.findall(r"<script(?![^>]*\bsrc=)", page) == []
+    for src in re.findall(r'<script src="([^"]+)"', page) + re.findall(r'href="([^"]+)"', page):
+        with client.get(src) as asset:  # a file response: closing it closes the file
+            assert asset.status_code == 200, src
+            assert asset.data
+
+
+def test_the_docs_assets_come_from_the_package(client: Any) -> None:
+    for name in SWAGGER_UI_ASSETS:
+        with client.get(f"/docs/swagger-ui/{name}") as asset:
+            assert asset.status_code == 200
+    assert client.get("/docs/swagger-ui/index.html").status_code == 404
+    assert client.get("/docs/swagger-ui/..%2Fcore.py").status_code == 404
