@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from services.api.body import loads_json
+from services.clock import parse_rfc3339
 from services.errors import BadRequest, InvalidInput
 from services.jobs.service import ImageSource, RemoteImage, SubmitCommand, UploadedImage
 from services.jobs.store import Cursor, JobFilter
@@ -443,11 +444,19 @@ def parse_idempotency_key(value: str | None) -> str | None:
     return value
 
 
+def _rfc3339_text(value: Any) -> Any:
+    """Query text must be an RFC 3339 date-time (pydantic alone reads ``0.5`` as 1970)."""
+    return parse_rfc3339(value) if isinstance(value, str) else value
+
+
+Rfc3339 = Annotated[datetime, BeforeValidator(_rfc3339_text)]
+
+
 class ListJobsQuery(_Strict):
     status: list[JobStatus] = Field(default_factory=list)
     model: str | None = Field(default=None, min_length=1, max_length=200)
-    created_after: datetime | None = None
-    created_before: datetime | None = None
+    created_after: Rfc3339 | None = None
+    created_before: Rfc3339 | None = None
     limit: int = Field(default=20, ge=1, le=100)
     cursor: str | None = None
 

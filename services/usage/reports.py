@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
+from services.clock import parse_rfc3339
 from services.errors import InvalidInput
 from services.usage.ledger import GroupBy, UsageGroup, UsageTotals
 from services.usage.pricing import money_str
+
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 CURRENCY = "USD"
 MAX_RANGE_DAYS = 366
@@ -47,11 +51,15 @@ def parse_query(args: dict[str, str], today: date) -> ReportQuery:
 
 
 def _date(args: dict[str, str], name: str) -> date | None:
+    """An ISO date (``2026-11-01``) or an RFC 3339 date-time cut to its date; absent is None,
+    anything else (an empty value too) a 422."""
     raw = args.get(name)
-    if not raw:
+    if raw is None:
         return None
     try:
-        return date.fromisoformat(raw) if len(raw) == 10 else datetime.fromisoformat(raw).date()
+        if _DAY.fullmatch(raw):
+            return date.fromisoformat(raw)
+        return parse_rfc3339(raw).date()
     except ValueError:
         raise InvalidInput(
             f"'{name}' must be an ISO date like 2026-11-01, got {raw!r}.", code="invalid_parameter"

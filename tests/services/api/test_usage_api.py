@@ -138,7 +138,10 @@ def test_admin_usage_refuses_user_keys(client, user_key):
 @pytest.mark.parametrize(
     "query",
     ["from=2026-13-01", "from=yesterday", "from=2026-10-05&to=2026-10-01", "group_by=key",
-     "format=xml", "from=2020-01-01&to=2026-01-01"],
+     "format=xml", "from=2020-01-01&to=2026-01-01",
+     # Found by schemathesis: an empty date meant "the default", a date-time without a zone or
+     # with a space was read as well, though the document says date or date-time.
+     "to=", "from=", "from=2026-10-01T00:00:00", "from=2026-10-01 00:00:00Z", "from=20261001"],
 )  # fmt: skip
 def test_usage_bad_query_is_422(client, user_key, query):
     response = client.get(f"/v1/usage?{query}", headers=auth(user_key))
@@ -162,3 +165,8 @@ def test_submit_answer_carries_estimated_cost(client, api, user_key):
     # The estimate stays on the job: the polling body shows the same.
     polled = client.get(response.headers["Location"], headers=auth(user_key)).json
     assert polled["estimated_cost"] == estimate
+
+
+def test_usage_takes_an_rfc3339_date_time_as_its_date(client, user_key):
+    body = client.get("/v1/usage?from=2026-10-01T23:00:00Z&to=2026-10-02", headers=auth(user_key))
+    assert (body.json["from"], body.json["to"]) == ("2026-10-01", "2026-10-02")
