@@ -11,6 +11,8 @@ from services.files.service import FileService, file_to_public
 from services.files.store import StoredFile
 
 MAX_PAGE = 100
+#: OpenAI's upload ``purpose`` values Loupe takes: its files are images for jobs.
+PURPOSES = ("vision",)
 
 
 def blueprint(files: FileService, authenticate: Authenticate) -> Blueprint:
@@ -33,6 +35,10 @@ def blueprint(files: FileService, authenticate: Authenticate) -> Blueprint:
         if unknown:
             raise InvalidInput(
                 f"Unknown form fields: {', '.join(sorted(unknown))}.", code="invalid_parameter"
+            )
+        if request.form.get("purpose", PURPOSES[0]) not in PURPOSES:
+            raise InvalidInput(
+                f"purpose must be one of: {', '.join(PURPOSES)}.", code="invalid_parameter"
             )
         uploads = request.files.getlist("file")
         if len(uploads) != 1:

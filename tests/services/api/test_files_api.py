@@ -64,6 +64,11 @@ def test_bad_uploads_are_4xx_and_create_nothing(client, api, settings, s3_server
                      content_type="multipart/form-data"), 422, "invalid_parameter"),
         (client.post("/v1/files", json={"file": "x"}, headers=auth(user_key)),
          415, "unsupported_media_type"),
+        # Found by schemathesis: any purpose was taken (and ignored), "{}" and "batch" too.
+        (client.post("/v1/files", data={"file": (io.BytesIO(make_image()), "a.png"),
+                                        "purpose": "batch"},
+                     headers=auth(user_key), content_type="multipart/form-data"),
+         422, "invalid_parameter"),
         (client.post("/v1/files", data={"file": (io.BytesIO(make_image()), "a.png"), "x": "1"},
                      headers=auth(user_key), content_type="multipart/form-data"),
          422, "invalid_parameter"),
