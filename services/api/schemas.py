@@ -452,8 +452,20 @@ def _rfc3339_text(value: Any) -> Any:
 Rfc3339 = Annotated[datetime, BeforeValidator(_rfc3339_text)]
 
 
+# A metadata filter's key goes into a JSON path (SQLite's '$."key"'): a quote, a backslash or a
+# control character there was a database error (a 503) instead of a 422.
+_FILTER_KEY = r'^[^"\\\[\]\x00-\x1f\x7f-\x9f]{1,64}$'
+FilterKey = Annotated[Name, Field(pattern=_FILTER_KEY)]
+FilterValue = Annotated[Name, Field(max_length=512)]
+
+
 class ListJobsQuery(_Strict):
     status: list[JobStatus] = Field(default_factory=list)
+    metadata: dict[FilterKey, FilterValue] = Field(
+        default_factory=dict,
+        description="metadata[key]=value: jobs whose metadata has these.",
+        json_schema_extra={"propertyNames": {"pattern": _FILTER_KEY}},  # pydantic leaves keys out
+    )
     model: str | None = Field(default=None, min_length=1, max_length=200)
     created_after: Rfc3339 | None = None
     created_before: Rfc3339 | None = None
@@ -508,6 +520,7 @@ def parse_list_query(args: Mapping[str, list[str]]) -> tuple[JobFilter, int, Cur
         match = _METADATA_PARAM.match(name)
         if match is not None:
             metadata[match["key"]] = values[-1]
+            plain["metadata"] = metadata
         elif name == "status":
             plain["status"] = [s for v in values for s in v.split(",") if s]
         else:
@@ -518,7 +531,7 @@ def parse_list_query(args: Mapping[str, list[str]]) -> tuple[JobFilter, int, Cur
         model=query.model,
         created_after=query.created_after,
         created_before=query.created_before,
-        metadata=metadata,
+        metadata=query.metadata,
     )
     cursor = None if query.cursor is None else _decode_cursor(query.cursor)
     return where, query.limit, cursor
