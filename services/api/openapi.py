@@ -94,14 +94,18 @@ def path_id(name: str) -> Param:
 
 def query_params(model: type[BaseModel]) -> tuple[Param, ...]:
     """One query parameter per field of ``model``; each schema carries the model's ``$defs``,
-    which the document moves to its components."""
+    which the document moves to its components. An object field is written ``name[key]=value``
+    (OpenAPI's deepObject style)."""
     schema = model.model_json_schema(ref_template=REF)
     defs = schema.pop("$defs", {})
     required = set(schema.get("required", ()))
     return tuple(
-        Param(name, "query", prop | {"$defs": defs}, prop.get("description", ""), name in required)
+        Param(
+            name, "query", prop | {"$defs": defs}, prop.get("description", ""), name in required,
+            "deepObject" if prop.get("type") == "object" else None,
+        )
         for name, prop in schema["properties"].items()
-    )
+    )  # fmt: skip
 
 
 def _implied_answers(op: Operation) -> list[Answer]:

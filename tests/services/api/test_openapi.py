@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import re
 from typing import Any
 
 from flask import Flask
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import OpenAPIV31SpecValidator
 
 from services.api.contract import SWAGGER_UI_ASSETS, document
 from services.api.docs import DOCS_CSP
+from tests.conftest import auth
+from tests.helpers import chat_body
+from tests.support.images import make_image
 
 _METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}  # HEAD and OPTIONS are Flask's own
 
@@ -73,3 +78,34 @@ def test_the_docs_assets_come_from_the_package(client: Any) -> None:
             assert asset.status_code == 200
     assert client.get("/docs/swagger-ui/index.html").status_code == 404
     assert client.get("/docs/swagger-ui/..%2Fcore.py").status_code == 404
+
+
+def _check(doc: dict[str, Any], name: str, body: Any) -> None:
+    """``body`` is valid against the document's component schema ``name``."""
+    schema = {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+    Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER).validate(body)
+
+
+def test_real_answers_match_the_document(client: Any, user_key: str) -> None:
+    """The presenters' output against the response schemas (schemathesis checks this too, on
+    the data it happens to generate)."""
+    doc, key = document(), auth(user_key)
+    upload = client.post(
+        "/v1/files", data={"file": (io.BytesIO(make_image()), "a.png")}, headers=key,
+        content_type="multipart/form-data",
+    )  # fmt: skip
+    _check(doc, "File", upload.json)
+    created = client.post(
+        "/v1/jobs", json=chat_body(make_image(), metadata={"a": "b"}), headers=key
+    )
+    assert created.status_code == 202
+    _check(doc, "Job", created.json)
+    _check(doc, "Job", client.get(created.headers["Location"], headers=key).json)
+    _check(doc, "JobPage", client.get("/v1/jobs", headers=key).json)
+    _check(doc, "Job", client.post(f"/v1/jobs/{created.json['id']}/cancel", headers=key).json)
+    _check(doc, "FilePage", client.get("/v1/files", headers=key).json)
+    _check(doc, "ModelList", client.get("/v1/models", headers=key).json)
+    _check(doc, "Quota", client.get("/v1/quota", headers=key).json)
+    _check(doc, "Usage", client.get("/v1/usage", headers=key).json)
+    _check(doc, "WebhookSecret", client.get("/v1/webhook-secret", headers=key).json)
+    _check(doc, "Error", client.get("/v1/jobs/nope", headers=key).json)
