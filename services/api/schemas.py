@@ -522,7 +522,7 @@ def parse_list_query(args: Mapping[str, list[str]]) -> tuple[JobFilter, int, Cur
             metadata[match["key"]] = values[-1]
             plain["metadata"] = metadata
         elif name == "status":
-            plain["status"] = [s for v in values for s in v.split(",") if s]
+            plain["status"] = [s for v in values for s in v.split(",")]  # "" is no status
         else:
             plain[name] = values[-1]
     query: ListJobsQuery = _parse(ListJobsQuery, plain)

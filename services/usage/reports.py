@@ -41,10 +41,10 @@ def parse_query(args: dict[str, str], today: date) -> ReportQuery:
         raise InvalidInput(
             f"The range may span at most {MAX_RANGE_DAYS} days.", code="invalid_parameter"
         )
-    group_by = args.get("group_by") or "day"
+    group_by = args.get("group_by", "day")  # given, it must be one of them: "" is not
     if group_by not in ("day", "model"):
         raise InvalidInput("group_by must be 'day' or 'model'.", code="invalid_parameter")
-    fmt = args.get("format") or "json"
+    fmt = args.get("format", "json")
     if fmt not in ("json", "csv"):
         raise InvalidInput("format must be 'json' or 'csv'.", code="invalid_parameter")
     return ReportQuery(start, end, "day" if group_by == "day" else "model", fmt)
