@@ -89,10 +89,19 @@ def test_every_error_page_is_json_in_the_apis_shape() -> None:
     assert {code for code, _, _ in targets} >= {"400", "408", "413", "414", "494", "502", "504"}
     for code, answered, uri in targets:
         block = TEXT[TEXT.index(f"location = {uri} {{") :].split("}\n", 1)[0]
+        if code == "405":  # answered by the API: see the next test
+            continue
         status, body = re.findall(r"return (\d+) '(.*)\\n';", block)[0]
         assert status == (answered or code) == uri.rsplit("/", 1)[1]
         assert "default_type application/json;" in block and "internal;" in block
         assert set(json.loads(body)["error"]) == {"code", "message"}
+
+
+def test_nginx_hands_its_trace_refusal_to_the_api() -> None:
+    """nginx's own 405 (TRACE) had HTML and no Allow; the API answers it with both right."""
+    block = TEXT[TEXT.index("location = /.loupe-errors/405 {") :].split("}\n", 1)[0]
+    assert "internal;" in block and "proxy_method TRACE;" in block
+    assert "proxy_pass http://loupe_api$request_uri;" in block
 
 
 def test_api_part_takes_gunicorns_settings_from_the_shared_config() -> None:
