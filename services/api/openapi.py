@@ -4,8 +4,9 @@ Each :class:`Operation` states a route's method and path, its parameters, its re
 pydantic model, or a JSON schema derived from one) and every answer it can give. Answers every
 route of its kind gives are added here, once: 401 for routes that take a key, 403 for admin
 routes, 404 where the path names an object, 400/413/415/422 where a body is read, 422 where a
-query is parsed. JSON Schema 2020-12 is OpenAPI 3.1's own dialect, so pydantic's schemas go in
-as they are, their ``$defs`` moved to ``components/schemas``.
+query is parsed, and the front proxy's 414 and 431 where a request line or header can grow.
+JSON Schema 2020-12 is OpenAPI 3.1's own dialect, so pydantic's schemas go in as they are, their
+``$defs`` moved to ``components/schemas``.
 """
 
 from __future__ import annotations
@@ -124,6 +125,11 @@ def _implied_answers(op: Operation) -> list[Answer]:
         ]
     if op.body or any(p.where in ("query", "header") for p in op.params):
         implied.append(Answer(422, "A parameter or field is invalid."))
+    # The front proxy's limits (infra/nginx): a request line over 8 KB, a header line over 8 KB.
+    if any(p.where in ("query", "path") for p in op.params):
+        implied.append(Answer(414, "The request line is longer than the proxy accepts."))
+    if any(p.where == "header" for p in op.params):
+        implied.append(Answer(431, "A header is larger than the proxy accepts."))
     return implied
 
 
