@@ -513,10 +513,13 @@ def _decode_cursor(value: str) -> Cursor:
 
 def parse_list_query(args: Mapping[str, list[str]]) -> tuple[JobFilter, int, Cursor | None]:
     """``GET /v1/jobs`` query: status (repeat or comma-separate), model, created_after,
-    created_before (ISO 8601 with zone), ``metadata[key]=value`` (repeatable), limit, cursor."""
+    created_before (RFC 3339), ``metadata[key]=value`` (one per key, as many keys as wanted),
+    limit, cursor. Any but status given twice is a 422: which one was meant?"""
     metadata: dict[str, str] = {}
     plain: dict[str, Any] = {}
     for name, values in args.items():
+        if len(values) > 1 and name != "status":
+            raise InvalidInput(f"{name} is given more than once.", code="invalid_parameter")
         match = _METADATA_PARAM.match(name)
         if match is not None:
             metadata[match["key"]] = values[-1]
