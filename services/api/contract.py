@@ -12,6 +12,7 @@ from typing import Any
 
 from services.api import responses as r
 from services.api.files import PURPOSES
+from services.api.key_schemas import CreateKeyRequest, QuotaChange
 from services.api.openapi import (
     JSON,
     REF,
@@ -31,6 +32,7 @@ VERSION = "1.0.0"
 SWAGGER_UI_ASSETS = ("swagger-ui.css", "swagger-ui-bundle.js", "favicon-32x32.png")
 _JOB_ID = path_id("job_id")
 _FILE_ID = path_id("file_id")
+_KEY_ID = path_id("key_id")
 _BY_ID = {"job_id": "$response.body#/id"}
 _GET_JOB = {"operationId": "getJob", "parameters": _BY_ID}
 _CANCEL_JOB = {"operationId": "cancelJob", "parameters": _BY_ID}
@@ -248,6 +250,43 @@ def _admin_and_ops() -> list[Operation]:
     ]  # fmt: skip
 
 
+def _keys() -> list[Operation]:
+    return [
+        Operation(
+            "POST", "/v1/admin/keys", "createKey", "Create an API key", "keys", Access.ADMIN,
+            (Answer(201, "The key, with its secret (shown once).", r.ApiKeyWithSecret,
+                    headers=("Location",)),),
+            body={JSON: CreateKeyRequest},
+        ),
+        Operation(
+            "GET", "/v1/admin/keys", "listKeys", "Every API key", "keys", Access.ADMIN,
+            (Answer(200, "The keys, newest first.", r.ApiKeyList),),
+        ),
+        Operation(
+            "GET", "/v1/admin/keys/{key_id}", "getKey", "An API key and its quota", "keys",
+            Access.ADMIN, (Answer(200, "The key.", r.ApiKeyWithQuota),), params=(_KEY_ID,),
+        ),
+        Operation(
+            "POST", "/v1/admin/keys/{key_id}/revoke", "revokeKey", "Revoke an API key", "keys",
+            Access.ADMIN, (Answer(200, "The revoked key.", r.ApiKey),), params=(_KEY_ID,),
+        ),
+        Operation(
+            "POST", "/v1/admin/keys/{key_id}/rotate", "rotateKey",
+            "A new secret for an API key; the old one stops working", "keys", Access.ADMIN,
+            (
+                Answer(200, "The key, with its new secret (shown once).", r.ApiKeyWithSecret),
+                Answer(409, "The key is revoked."),
+            ),
+            params=(_KEY_ID,),
+        ),
+        Operation(
+            "PATCH", "/v1/admin/keys/{key_id}/quota", "setKeyQuota", "Change a key's limits",
+            "keys", Access.ADMIN, (Answer(200, "The key's limits.", r.KeyQuota),),
+            body={JSON: QuotaChange}, params=(_KEY_ID,),
+        ),
+    ]  # fmt: skip
+
+
 def _chat() -> list[Operation]:
     chat_error = (r.ChatError, r.Error)
     job_headers = ("Location", "x-should-retry")
@@ -275,7 +314,7 @@ def _chat() -> list[Operation]:
 
 def operations() -> list[Operation]:
     """Every route the API serves (static files aside)."""
-    return [*_jobs(), *_files(), *_account(), *_admin_and_ops(), *_chat()]
+    return [*_jobs(), *_files(), *_account(), *_admin_and_ops(), *_keys(), *_chat()]
 
 
 def document() -> dict[str, Any]:

@@ -82,8 +82,19 @@ RESPONSE_HEADERS: dict[str, Schema] = {
         ("Retry-After", "Seconds to wait before retrying."),
         ("x-should-retry", "Whether retrying the request can help."),
         ("Content-Disposition", "A CSV download's file name."),
+        ("RateLimit-Limit", "Submissions per window (keys with a per-minute limit)."),
+        ("RateLimit-Remaining", "Submissions left in this window."),
+        ("RateLimit-Reset", "Seconds until the window ends."),
+        ("RateLimit-Policy", "The quota policy, e.g. 60;w=60."),
     )
 }
+#: On every answer to a key with a per-minute limit (services/api/ratelimit.py).
+RATE_LIMIT_HEADERS = (
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+    "RateLimit-Policy",
+)
 
 _ID_PATTERN = "^[A-Za-z0-9_-]{1,64}$"  # services.api.app._refuse_odd_ids: others are a 404
 
@@ -158,7 +169,7 @@ class _Schemas:
         return {"$ref": REF.format(model=body.__name__)}
 
 
-def _response(answer: Answer, schemas: _Schemas) -> Schema:
+def _response(answer: Answer, schemas: _Schemas, keyed: bool) -> Schema:
     out: Schema = {"description": answer.description}
     if answer.body is not None:
         out["content"] = {answer.media_type: {"schema": schemas.ref(answer.body)}}
@@ -166,8 +177,9 @@ def _response(answer: Answer, schemas: _Schemas) -> Schema:
         out["content"] = {answer.media_type: {"schema": {"type": "string"}}}
     for media_type in answer.also:
         out["content"][media_type] = {"schema": {"type": "string"}}
-    if answer.headers:
-        out["headers"] = {name: RESPONSE_HEADERS[name] for name in answer.headers}
+    names = (*answer.headers, *(RATE_LIMIT_HEADERS if keyed else ()))
+    if names:
+        out["headers"] = {name: RESPONSE_HEADERS[name] for name in names}
     if answer.links:
         out["links"] = dict(answer.links)
     return out
@@ -205,7 +217,8 @@ def _operation(op: Operation, schemas: _Schemas) -> Schema:
         content = {media: {"schema": schemas.ref(body)} for media, body in op.body.items()}
         out["requestBody"] = {"required": op.body_required, "content": content}
     answers = sorted(_answers(op), key=lambda a: a.status)
-    out["responses"] = {str(a.status): _response(a, schemas) for a in answers}
+    keyed = op.access in (Access.KEY, Access.ADMIN)
+    out["responses"] = {str(a.status): _response(a, schemas, keyed) for a in answers}
     return out
 
 

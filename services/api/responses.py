@@ -95,6 +95,7 @@ class Job(_Closed):
     usage: JobUsage | None
     metrics: JobMetrics
     error: ErrorDetail | None
+    attempts: int = Field(description="Times a worker has started the job.")
     cancel_requested: bool
     expires_at: Timestamp | None
     queue_position: int | None
@@ -192,6 +193,39 @@ class Quota(_Closed):
     object: Literal["quota"]
     limits: QuotaLimits
     current: QuotaCurrent
+
+
+class ApiKey(_Closed):
+    """A key as admins see it: never its secret or hash."""
+
+    id: str
+    object: Literal["api_key"]
+    name: str
+    role: Literal["user", "admin"]
+    status: Literal["active", "expired", "revoked"]
+    created_at: Timestamp
+    expires_at: Timestamp | None
+    last_used_at: Timestamp | None
+    revoked_at: Timestamp | None
+
+
+class ApiKeyWithSecret(ApiKey):
+    """A new or rotated key with its secret, sent this once (``Cache-Control: no-store``)."""
+
+    key: str
+
+
+class ApiKeyWithQuota(ApiKey):
+    quota: QuotaLimits
+
+
+class ApiKeyList(_Closed):
+    object: Literal["list"]
+    data: list[ApiKey]
+
+
+class KeyQuota(QuotaLimits):
+    key_id: str
 
 
 class WebhookSecret(_Closed):

@@ -12,6 +12,8 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 
 from services.api.contract import SWAGGER_UI_ASSETS, document
 from services.api.docs import DOCS_CSP
+from services.auth.keys import Role
+from services.clock import utcnow
 from tests.conftest import auth
 from tests.helpers import chat_body
 from tests.support.images import make_image
@@ -109,3 +111,20 @@ def test_real_answers_match_the_document(client: Any, user_key: str) -> None:
     _check(doc, "Usage", client.get("/v1/usage", headers=key).json)
     _check(doc, "WebhookSecret", client.get("/v1/webhook-secret", headers=key).json)
     _check(doc, "Error", client.get("/v1/jobs/nope", headers=key).json)
+
+
+def test_key_management_answers_match_the_document(client: Any, api: Any) -> None:
+    admin = auth(api.keys.create("root", Role.ADMIN, utcnow())[1])
+    doc = document()
+    created = client.post("/v1/admin/keys", json={"name": "app"}, headers=admin)
+    assert created.status_code == 201
+    _check(doc, "ApiKeyWithSecret", created.json)
+    key_id = created.json["id"]
+    _check(doc, "ApiKeyList", client.get("/v1/admin/keys", headers=admin).json)
+    _check(doc, "ApiKeyWithQuota", client.get(f"/v1/admin/keys/{key_id}", headers=admin).json)
+    quota = client.patch(f"/v1/admin/keys/{key_id}/quota", json={"max_queued": 3}, headers=admin)
+    _check(doc, "KeyQuota", quota.json)
+    _check(
+        doc, "ApiKeyWithSecret", client.post(f"/v1/admin/keys/{key_id}/rotate", headers=admin).json
+    )
+    _check(doc, "ApiKey", client.post(f"/v1/admin/keys/{key_id}/revoke", headers=admin).json)
