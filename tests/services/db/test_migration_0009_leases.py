@@ -4,42 +4,21 @@ cleanly, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from sqlalchemy import inspect
 
-from services.db import make_engine, upgrade_to_head
+from services.db import upgrade_to_head
 from services.db.migrate import alembic_config
-from services.db.schema import metadata
+from tests.support.migrations import columns, schema_diffs
 
 NEW = {"lost_attempts", "queued_at", "queue_seconds"}
 
 
-def _columns(database_url: str) -> set[str]:
-    engine = make_engine(database_url)
-    try:
-        return {c["name"] for c in inspect(engine).get_columns("jobs")}
-    finally:
-        engine.dispose()
-
-
-def _jobs_diffs(database_url: str) -> list:
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            diffs = compare_metadata(MigrationContext.configure(conn), metadata)
-    finally:
-        engine.dispose()
-    return [d for d in diffs if "'jobs'" in repr(d) or "jobs." in repr(d)]
-
-
 def test_migration_0009_adds_what_the_schema_declares(database_url):
-    assert _columns(database_url) >= NEW
-    assert _jobs_diffs(database_url) == []
+    assert columns(database_url, "jobs") >= NEW
+    assert schema_diffs(database_url) == []
 
 
 def test_migration_0009_downgrades_and_upgrades_again(database_url):
     command.downgrade(alembic_config(database_url), "0008")
-    assert not NEW & _columns(database_url)
+    assert not NEW & columns(database_url, "jobs")
     upgrade_to_head(database_url)
-    assert _columns(database_url) >= NEW
+    assert columns(database_url, "jobs") >= NEW
