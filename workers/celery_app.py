@@ -116,14 +116,7 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     """Announce this worker in Redis (``workers/heartbeat.py``) once it consumes."""
     from workers.heartbeat import start_heartbeat
 
-    start_heartbeat(sender)
-
-
-@worker_shutdown.connect
-def _stop_heartbeat(**_: Any) -> None:
-    from workers.heartbeat import stop_heartbeat
-
-    stop_heartbeat()
+    roots_of(sender.app).keep_heartbeat(start_heartbeat(sender))
 
 
 app = make_celery(load_settings())

@@ -130,13 +130,9 @@ def worker_info(settings: Settings, queues: list[str], slots: int) -> WorkerInfo
     )
 
 
-_current: Heartbeat | None = None
-_current_lock = threading.Lock()
-
-
 def start_heartbeat(consumer: Any) -> Heartbeat:
-    """Start this process's heartbeat from Celery's ``worker_ready`` sender (the consumer)."""
-    global _current
+    """Start this process's heartbeat from Celery's ``worker_ready`` sender (the consumer); the
+    caller keeps it and stops it at shutdown (``workers.roots.WorkerRoots``)."""
     settings: Settings = consumer.app.conf.loupe_settings
     queues = list(consumer.app.amqp.queues.consume_from or [settings.inference_queue])
     slots = int(consumer.controller.concurrency)
@@ -146,10 +142,6 @@ def start_heartbeat(consumer: Any) -> Heartbeat:
         interval=settings.heartbeat_seconds,
         ttl=settings.heartbeat_ttl_seconds,
     )
-    with _current_lock:
-        if _current is not None:
-            _current.stop()
-        _current = heartbeat
     heartbeat.start()
     log.info(
         "heartbeat every %s s (ttl %s s)",
@@ -157,11 +149,3 @@ def start_heartbeat(consumer: Any) -> Heartbeat:
         settings.heartbeat_ttl_seconds,
     )
     return heartbeat
-
-
-def stop_heartbeat() -> None:
-    global _current
-    with _current_lock:
-        if _current is not None:
-            _current.stop()
-            _current = None

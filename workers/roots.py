@@ -3,7 +3,8 @@
 A worker process builds the root of the tasks it runs, once, on first use (an inference worker
 asks at ``worker_init``, to load its model before the first job): an inference worker builds
 :class:`~workers.context.WorkerContext`, a light worker :class:`~workers.light.LightContext`,
-and neither builds the other's. ``worker_shutdown`` closes what was built. The holder lives on
+and neither builds the other's. The holder also keeps the process's heartbeat, started at
+``worker_ready``. ``worker_shutdown`` stops the heartbeat and closes what was built. It lives on
 the Celery app (``app.conf``, beside ``loupe_settings``), so the process has one holder and
 no module of ours keeps a root in a global.
 """
@@ -16,6 +17,7 @@ from celery import Celery
 
 from services.settings import Settings
 from workers.context import WorkerContext, build_worker_context
+from workers.heartbeat import Heartbeat
 from workers.light import LightContext, build_light_context
 
 
@@ -27,6 +29,7 @@ class WorkerRoots:
         self._lock = threading.Lock()
         self._inference: WorkerContext | None = None
         self._light: LightContext | None = None
+        self._heartbeat: Heartbeat | None = None
 
     def inference(self) -> WorkerContext:
         """The inference tasks' root (engines load lazily, per model)."""
@@ -42,10 +45,21 @@ class WorkerRoots:
                 self._light = build_light_context(self._settings)
             return self._light
 
-    def close(self) -> None:
-        """Close the roots built so far; a later task builds afresh."""
+    def keep_heartbeat(self, heartbeat: Heartbeat) -> None:
+        """Keep this process's (started) heartbeat; one given before is stopped."""
         with self._lock:
+            previous, self._heartbeat = self._heartbeat, heartbeat
+        if previous is not None:
+            previous.stop()
+
+    def close(self) -> None:
+        """Stop the heartbeat (its record is deleted at once) and close the roots built so far;
+        a later task builds afresh."""
+        with self._lock:
+            beat, self._heartbeat = self._heartbeat, None
             built, self._inference, self._light = (self._inference, self._light), None, None
+        if beat is not None:
+            beat.stop()
         for root in built:
             if root is not None:
                 root.close()

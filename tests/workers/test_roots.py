@@ -55,3 +55,26 @@ def test_a_process_builds_each_root_once_and_afresh_after_close(settings):
         assert roots.light() is not light
     finally:
         roots.close()
+
+
+class _Beat:
+    """Stands in for a started ``Heartbeat``: records that it was stopped."""
+
+    def __init__(self) -> None:
+        self.stopped = 0
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+
+def test_the_holder_keeps_one_heartbeat_and_stops_it_at_close(settings):
+    roots = WorkerRoots(settings)
+    first, second = _Beat(), _Beat()
+    roots.keep_heartbeat(first)
+    roots.keep_heartbeat(second)  # a second worker_ready replaces the first
+    assert (first.stopped, second.stopped) == (1, 0)
+
+    roots.close()
+    roots.close()
+
+    assert second.stopped == 1
