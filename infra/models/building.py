@@ -206,3 +206,17 @@ def read_json(path: Path) -> dict[str, Any]:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Sorted keys and a trailing newline: the same bytes for the same data, every build."""
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def save_seeded_model(model_class: Any, config: Any, generation_config: Any, out: Path) -> None:
+    """``model_class(config)`` initialised from :data:`SEED` (without disturbing the caller's
+    RNG), so its weights are the same on every build; saved to ``out`` with its generation
+    config, in eval mode."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = model_class(config)
+    model.generation_config = generation_config
+    model.eval()
+    model.save_pretrained(str(out))

@@ -229,16 +229,12 @@ def _generation_config(tokenizer: Any) -> Any:
 
 def _save_model(out: Path, tokenizer: Any, size: TextSize) -> None:
     """Initialise the model from the shared seed (without disturbing the caller's RNG); save it."""
-    import torch
     from transformers import Idefics3ForConditionalGeneration
 
     config = _build_config(tokenizer, size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(building.SEED)
-        model = Idefics3ForConditionalGeneration(config)
-    model.generation_config = _generation_config(tokenizer)
-    model.eval()
-    model.save_pretrained(str(out))
+    building.save_seeded_model(
+        Idefics3ForConditionalGeneration, config, _generation_config(tokenizer), out
+    )
 
 
 def _build_processor(tokenizer: Any) -> Any:
