@@ -224,15 +224,24 @@ def test_pipeline_running_job_is_taken_over_only_after_lease(store):
     assert process_job(job_id, later) is Outcome.SUCCEEDED
 
 
-def test_pipeline_cancel_aborts_running_request_and_keeps_usage(store):
-    engine = FakeEngine(block=threading.Event())
-    ctx = _ctx(store, engine)
-    job_id = _queue_job(store, ctx)
+def start_running(
+    job_id: str, ctx: WorkerContext, engine: FakeEngine
+) -> tuple[threading.Thread, list[Outcome]]:
+    """Run ``job_id`` on a thread until its (blocking) engine has the request; the thread and
+    the list its outcome lands in."""
     outcome: list[Outcome] = []
     runner = threading.Thread(target=lambda: outcome.append(process_job(job_id, ctx)))
     runner.start()
     while not engine.calls:
         time.sleep(0.01)
+    return runner, outcome
+
+
+def test_pipeline_cancel_aborts_running_request_and_keeps_usage(store):
+    engine = FakeEngine(block=threading.Event())
+    ctx = _ctx(store, engine)
+    job_id = _queue_job(store, ctx)
+    runner, outcome = start_running(job_id, ctx, engine)
     assert store.request_cancel(job_id, NOW)
     runner.join(10)
     ctx.cancels.close()

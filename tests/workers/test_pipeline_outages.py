@@ -4,7 +4,6 @@ result are kept, and the message is retried rather than dropped."""
 from __future__ import annotations
 
 import threading
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +15,7 @@ from services.db.schema import usage_ledger
 from services.errors import Unavailable
 from services.types import JobStatus
 from tests.support.stores import sql_job_store
-from tests.workers.test_pipeline import NOW, FakeEngine, _ctx, _queue_job
+from tests.workers.test_pipeline import NOW, FakeEngine, _ctx, _queue_job, start_running
 from workers.pipeline import Outcome, RetryLater, process_job
 
 
@@ -80,11 +79,7 @@ def test_a_worker_whose_lease_was_taken_over_stops_and_writes_nothing(store):
     engine = FakeEngine(block=threading.Event())
     ctx = _ctx(store, engine)
     job_id = _queue_job(store, ctx)
-    outcome: list[Outcome] = []
-    runner = threading.Thread(target=lambda: outcome.append(process_job(job_id, ctx)))
-    runner.start()
-    while not engine.calls:
-        time.sleep(0.01)
+    runner, outcome = start_running(job_id, ctx, engine)
     # This worker was cut off past its lease: the sweep queued the job again.
     assert store.reclaim_lapsed(job_id, NOW + timedelta(seconds=31), 3) is JobStatus.QUEUED
     runner.join(10)
