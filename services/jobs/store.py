@@ -241,11 +241,7 @@ class SqlJobStore:
         with writing(self._engine) as conn:
             result = conn.execute(
                 update(jobs)
-                .where(
-                    jobs.c.id == job_id,
-                    jobs.c.status == JobStatus.QUEUED.value,
-                    jobs.c.attempts == attempts,
-                )
+                .where(*_fence(job_id, JobStatus.QUEUED, attempts))
                 .values(
                     status=JobStatus.RUNNING.value,
                     attempts=attempts + 1,
@@ -285,11 +281,7 @@ class SqlJobStore:
             for job_id, attempt in sorted(held):
                 result = conn.execute(
                     update(jobs)
-                    .where(
-                        jobs.c.id == job_id,
-                        jobs.c.status == JobStatus.RUNNING.value,
-                        jobs.c.attempts == attempt,
-                    )
+                    .where(*_fence(job_id, JobStatus.RUNNING, attempt))
                     .values(lease_expires_at=now + lease)
                 )
                 if result.rowcount == 1:
@@ -614,14 +606,14 @@ class SqlJobStore:
             values["billed"] = self._billing.billable(status, values.get("prompt_tokens"))
         with writing(self._engine) as conn:
             result = conn.execute(
-                update(jobs)
-                .where(
-                    jobs.c.id == job_id,
-                    jobs.c.status == JobStatus.RUNNING.value,
-                    jobs.c.attempts == attempt,
-                )
-                .values(**values)
+                update(jobs).where(*_fence(job_id, JobStatus.RUNNING, attempt)).values(**values)
             )
             if result.rowcount == 1 and values.get("billed"):
                 self._billing.record(conn, job_id, values["completed_at"])
         return result.rowcount == 1
+
+
+def _fence(job_id: str, status: JobStatus, attempt: int) -> tuple[ColumnElement[bool], ...]:
+    """The compare-and-set of a change to ``job_id``: still in ``status`` on ``attempt``, so a
+    redelivered message, a lapsed lease or a racing worker changes nothing."""
+    return (jobs.c.id == job_id, jobs.c.status == status.value, jobs.c.attempts == attempt)
