@@ -260,3 +260,30 @@ files = Table(
     Index("ix_files_sha256", "sha256"),
     Index("ix_files_created", "created_at"),
 )
+
+# --------------------------------------------------------------------------- dispatch (0010)
+# SQL is the queue of record: a queued job with ``dispatched_at`` NULL waits in the backlog; set,
+# the dispatcher handed it to the broker (a short buffer) at that time.
+jobs.append_column(Column("dispatched_at", UTCDateTime(), nullable=True))
+# The status a job was retried from (POST /v1/jobs/{id}/retry); NULL: never retried.
+jobs.append_column(Column("retried_from_status", String(16), nullable=True))
+# The dispatcher's candidates: queued jobs of a model, by priority, key and age.
+Index(
+    "ix_jobs_dispatch",
+    jobs.c.status,
+    jobs.c.model,
+    jobs.c.priority,
+    jobs.c.owner_id,
+    jobs.c.created_at,
+)
+# Jobs of a key in flight (handed to the broker or running) at once; NULL: no limit.
+key_quotas.append_column(Column("max_concurrency", Integer(), nullable=True))
+
+# A named lease held by one process at a time (the active dispatcher), renewed while it lives.
+service_leases = Table(
+    "service_leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
