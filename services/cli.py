@@ -116,6 +116,9 @@ def _limit(kind: type[int] | type[Decimal], raw: str | None, name: str) -> objec
 @click.option("--monthly-spend", help="USD cap per UTC month, e.g. 10.00 ('none': no cap).")
 @click.option("--max-queued", help="Most jobs queued at once ('none': no limit).")
 @click.option("--max-running", help="Most jobs running at once ('none': no limit).")
+@click.option(
+    "--max-concurrency", help="Most jobs handed out or running at once ('none': no limit)."
+)
 @click.option("--rpm", help="Job submissions per minute ('none': no limit).")
 @click.option("--clear", is_flag=True, help="Remove every limit of the key.")
 def set_quota(
@@ -123,6 +126,7 @@ def set_quota(
     monthly_spend: str | None,
     max_queued: str | None,
     max_running: str | None,
+    max_concurrency: str | None,
     rpm: str | None,
     clear: bool,
 ) -> None:
@@ -131,6 +135,7 @@ def set_quota(
         "monthly_spend_usd": (Decimal, monthly_spend, "--monthly-spend"),
         "max_queued": (int, max_queued, "--max-queued"),
         "max_running": (int, max_running, "--max-running"),
+        "max_concurrency": (int, max_concurrency, "--max-concurrency"),
         "requests_per_minute": (int, rpm, "--rpm"),
     }
     changes = {

@@ -69,6 +69,13 @@ class Settings:
     lost_sweep_seconds: int = 5
     # Attempts that may end without a result (lease lapsed) before the job ends ``worker_lost``.
     max_attempts: int = 3
+    # The dispatcher (services/dispatch): it keeps each broker queue topped up to the free slots
+    # of the workers consuming it plus ``dispatch_margin`` messages, wakes when nudged (a submit,
+    # a finished job) or every ``dispatch_interval_ms``, and holds its leadership lease for
+    # ``dispatcher_lease_seconds`` (a standby takes over about that long after it dies).
+    dispatch_margin: int = 4
+    dispatch_interval_ms: int = 1000
+    dispatcher_lease_seconds: int = 6
     inference_queue: str = "inference"
     # (model, queue) pairs: a model's jobs go to its own Celery queue, so GPU pools that serve
     # different models (11B on one card, 90B across eight) each consume only their own jobs.
@@ -349,6 +356,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         lease_renew_seconds=_int(env, "LEASE_RENEW_SECONDS", defaults.lease_renew_seconds, 1),
         lost_sweep_seconds=_int(env, "LOST_SWEEP_SECONDS", defaults.lost_sweep_seconds, 1),
         max_attempts=_int(env, "MAX_ATTEMPTS", defaults.max_attempts, 1),
+        dispatch_margin=_int(env, "DISPATCH_MARGIN", defaults.dispatch_margin, 1),
+        dispatch_interval_ms=_int(env, "DISPATCH_INTERVAL_MS", defaults.dispatch_interval_ms, 10),
+        dispatcher_lease_seconds=_int(
+            env, "DISPATCHER_LEASE_SECONDS", defaults.dispatcher_lease_seconds, 2
+        ),
         inference_queue=_str(env, "INFERENCE_QUEUE", defaults.inference_queue),
         model_queues=_model_queues(env),
         engine_device=_str(env, "ENGINE_DEVICE", defaults.engine_device),

@@ -17,6 +17,7 @@ from services.db import make_engine
 from services.files.service import FileService
 from services.files.store import SqlFileStore
 from services.jobs.events import FanOutJobEvents, JobEvents
+from services.jobs.handoff import RedisDispatchNudge
 from services.jobs.notify import RedisJobNotifier
 from services.jobs.queue import CeleryTaskQueue
 from services.jobs.store import JobStore, SqlJobStore
@@ -49,6 +50,11 @@ def s3_blobs(stack: ExitStack, settings: Settings) -> S3BlobStore:
 def task_producer(stack: ExitStack, settings: Settings) -> CeleryTaskQueue:
     """Publishes inference messages; its broker connections close with ``stack``."""
     return stack.enter_context(closing(CeleryTaskQueue(settings)))
+
+
+def dispatch_nudge(stack: ExitStack, settings: Settings) -> RedisDispatchNudge:
+    """Wakes the dispatcher after a commit; its Redis connection closes with ``stack``."""
+    return stack.enter_context(closing(RedisDispatchNudge.from_url(settings.broker_url)))
 
 
 def webhook_producer(stack: ExitStack, settings: Settings) -> CeleryWebhookQueue:

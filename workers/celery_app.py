@@ -56,12 +56,6 @@ def make_celery(settings: Settings) -> Celery:
                 "schedule": 60.0,
                 "options": {"expires": 60.0},
             },
-            # Often: a dead worker's jobs run again about a lease plus this after it died.
-            "requeue-lost-jobs": {
-                "task": "loupe.maintenance.requeue_lost_jobs",
-                "schedule": float(settings.lost_sweep_seconds),
-                "options": {"expires": float(settings.lost_sweep_seconds)},
-            },
             "remove-old-job-data": {
                 "task": "loupe.maintenance.remove_old_data",
                 "schedule": float(settings.retention_sweep_seconds),

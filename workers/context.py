@@ -13,6 +13,7 @@ from services.catalog.registry import ModelRegistry, build_registry
 from services.catalog.spec import ModelSpec
 from services.clock import utcnow
 from services.jobs.events import JobEvents
+from services.jobs.handoff import DispatchNudge
 from services.jobs.store import JobStore
 from services.settings import Settings
 from services.storage.blobs import BlobStore
@@ -42,6 +43,7 @@ class WorkerContext:
     leases: LeaseKeeper
     events: JobEvents
     image_limits: ImageLimits
+    nudge: DispatchNudge  # a finished job frees a slot: the dispatcher may hand out the next
     max_attempts: int = 3  # lost attempts (lapsed leases) before a job ends worker_lost
     clock: Callable[[], datetime] = utcnow
     resources: ExitStack = field(default_factory=ExitStack, repr=False, compare=False)
@@ -69,6 +71,7 @@ def build_worker_context(settings: Settings) -> WorkerContext:
             leases=stack.enter_context(closing(_lease_keeper(store, settings))),
             events=wiring.job_events(stack, settings, SqlWebhookStore(engine), hooks),
             image_limits=ImageLimits.from_settings(settings),
+            nudge=wiring.dispatch_nudge(stack, settings),
             max_attempts=settings.max_attempts,
             resources=stack.pop_all(),  # last: everything above registered its release
         )

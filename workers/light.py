@@ -1,22 +1,20 @@
 """The light worker's composition root: webhook deliveries and the maintenance sweeps.
 
 No engine, no model, no waiter, no monitor: the light worker (``-Q webhooks,maintenance``)
-signs and POSTs webhooks, expires and requeues jobs, and removes old data.
+signs and POSTs webhooks, expires jobs past their TTL, and removes old data.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import ExitStack, closing
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from services import wiring
-from services.catalog.registry import ModelRegistry, build_registry
 from services.clock import utcnow
 from services.files.service import FileService
 from services.jobs.events import JobEvents
-from services.jobs.queue import QueuedMessages, RedisQueuedMessages, TaskQueue
 from services.jobs.store import JobStore
 from services.settings import Settings
 from services.storage.blobs import BlobStore
@@ -34,11 +32,7 @@ class LightContext:
     events: JobEvents
     blobs: BlobStore
     files: FileService
-    queue: TaskQueue
-    broker: QueuedMessages
-    registry: ModelRegistry
     retention: timedelta
-    max_attempts: int  # lost attempts (lapsed leases) before a job ends worker_lost
     clock: Callable[[], datetime] = utcnow
     resources: ExitStack = field(default_factory=ExitStack, repr=False, compare=False)
 
@@ -48,7 +42,7 @@ class LightContext:
 
 
 def build_light_context(settings: Settings) -> LightContext:
-    """SQL, S3 (retention), the broker (deliveries, requeues) and the job events."""
+    """SQL, S3 (retention), the broker (deliveries) and the job events."""
     with ExitStack() as stack:
         engine = wiring.sql_engine(stack, settings.database_url)
         jobs = wiring.job_store(engine, charge_failed_jobs=settings.charge_failed_jobs)
@@ -64,10 +58,6 @@ def build_light_context(settings: Settings) -> LightContext:
             events=wiring.job_events(stack, settings, deliveries.store, deliveries.queue),
             blobs=blobs,
             files=wiring.file_service(engine, blobs, jobs, settings),
-            queue=wiring.task_producer(stack, settings),
-            broker=stack.enter_context(closing(RedisQueuedMessages.from_url(settings.broker_url))),
-            registry=build_registry(settings),
             retention=timedelta(seconds=settings.retention_seconds),
-            max_attempts=settings.max_attempts,
             resources=stack.pop_all(),  # last: everything above registered its release
         )

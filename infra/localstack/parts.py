@@ -214,6 +214,17 @@ def light_worker_part(
     return Part("webhooks", _celery_worker(CELERY_APP, queues, node, options), worker_ready)
 
 
+def dispatcher_ready(process: ServerProcess) -> bool:
+    """Whether a dispatcher's log has its ``dispatcher ready.`` line (it listens for nudges)."""
+    return "dispatcher ready." in read_log_tail(process.log_path, lines=400)
+
+
+def dispatcher_part(env: Mapping[str, str], *, name: str = "dispatcher") -> Part:
+    """``python -m services.dispatch``: hands queued jobs to the broker in fair order. Any
+    number may run (one leads through a lease in SQL, the others stand by)."""
+    return Part(name, (sys.executable, "-m", "services.dispatch"), dispatcher_ready)
+
+
 # --------------------------------------------------------------------------- starting
 
 

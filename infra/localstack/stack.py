@@ -4,7 +4,8 @@
 Redis, SeaweedFS (S3, bucket ``loupe-images``, fresh random keys), then runs
 ``services.cli migrate`` and creates a user and an admin API key, then starts the API (gunicorn)
 behind its front proxy (nginx, as in production) and one Celery worker (plus a model-less one
-for the ``webhooks`` and ``maintenance`` queues, with the beat), waits until ``GET /healthz``
+for the ``webhooks`` and ``maintenance`` queues, with the beat) and the dispatcher, which hands
+queued jobs from SQL to the broker; waits until ``GET /healthz``
 answers 200 through the proxy and the workers log ``ready.``, and writes ``.dev/stack.env``
 (``KEY=value`` lines, shell-sourceable, mode 0600).
 
@@ -45,6 +46,7 @@ from infra.localstack.parts import (
     REPO_ROOT,
     Part,
     api_part,
+    dispatcher_part,
     inference_worker_part,
     light_worker_part,
     process_env,
@@ -64,7 +66,7 @@ from infra.models import build_models_for
 from services.catalog.registry import build_registry
 from services.settings import load_settings
 
-PARTS = ("redis", "seaweed", "api", "proxy", "worker", "webhooks")
+PARTS = ("redis", "seaweed", "api", "proxy", "worker", "webhooks", "dispatcher")
 """The dev stack's parts in start order; ``down`` stops them in reverse."""
 BUCKET = "loupe-images"
 REGION = "us-east-1"
@@ -243,7 +245,8 @@ def loupe_env(paths: StackPaths, redis: RedisServer, s3: S3Server) -> dict[str, 
 
 def local_app_parts(paths: StackPaths, env: Mapping[str, str]) -> list[Part]:
     """The dev stack's app processes: the API and nginx in front of it, one inference worker,
-    the light worker with the deployment's one beat. Writes the proxy's configuration."""
+    the light worker with the deployment's one beat, and the dispatcher. Writes the proxy's
+    configuration."""
     beat_schedule = paths.dev / "run" / "celerybeat-schedule"
     api = api_part(env)
     return [
@@ -251,6 +254,7 @@ def local_app_parts(paths: StackPaths, env: Mapping[str, str]) -> list[Part]:
         proxy_part(env, api, paths.dev / "proxy"),
         inference_worker_part(env),
         light_worker_part(env, beat_schedule=beat_schedule),
+        dispatcher_part(env),
     ]
 
 
@@ -443,6 +447,7 @@ Loupe dev stack is up; {env_file} has its URLs and keys.
   direct  {env.get("LOUPE_API_DIRECT_URL")}   (gunicorn, to debug; log {_shown(paths.log("api"))})
   worker  log {_shown(paths.log("worker"))}
   webhooks log {_shown(paths.log("webhooks"))} (loopback receivers allowed, http too)
+  dispatch log {_shown(paths.log("dispatcher"))}
 Try:
   set -a; . {env_file}; set +a
   curl -s -H "Authorization: Bearer $LOUPE_API_KEY" -F image=@photo.png \\
@@ -453,7 +458,8 @@ Stop: {python} -m infra.localstack.stack down{down_args}"""
 
 
 DEV_STACK = StackPlan()
-"""The dev stack: API, inference worker and light worker, a user key and an admin key."""
+"""The dev stack: API, inference worker, light worker and dispatcher, a user key and an admin
+key."""
 
 
 def up(paths: StackPaths, plan: StackPlan = DEV_STACK, timeout: float = READY_TIMEOUT_S) -> int:

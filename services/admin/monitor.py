@@ -49,7 +49,7 @@ class WorkerDirectory(Protocol):
 
 class JobStats(Protocol):
     def counts(self) -> JobCounts: ...
-    def oldest(self, models: Collection[str]) -> dict[Priority, datetime]: ...
+    def backlog(self, models: Collection[str] | None) -> dict[Priority, tuple[int, datetime]]: ...
     def windows(self, now: datetime) -> tuple[WindowStats, ...]: ...
     def recent_failures(self) -> tuple[Failure, ...]: ...
 
@@ -128,17 +128,18 @@ class Monitor:
         counts = self._stats.counts()
         queues = []
         for queue in self.queues:
-            oldest: Mapping[Priority, datetime] = {}
+            backlog: Mapping[Priority, tuple[int, datetime]] = {}
             if queue in self._sql_queues:
-                models = self._sql_queues[queue]
-                oldest = counts.oldest_queued if models is None else self._stats.oldest(models)
+                backlog = self._stats.backlog(self._sql_queues[queue])
             priorities = []
-            for priority, (list_name, depth) in depths[queue].items():
-                age = None
-                created = oldest.get(priority)
-                if created is not None:
-                    age = round(max(0.0, (now - created).total_seconds()), 3)
-                priorities.append(PriorityDepth(priority, list_name, depth, age))
+            for priority, (list_name, in_broker) in depths[queue].items():
+                depth, created = backlog.get(priority, (in_broker, None))
+                if queue in self._sql_queues and priority not in backlog:
+                    depth = 0
+                age = (
+                    None if created is None else round(max(0.0, (now - created).total_seconds()), 3)
+                )
+                priorities.append(PriorityDepth(priority, list_name, depth, age, in_broker))
             queues.append(QueueDepth(queue, tuple(priorities), unacked.get(queue, 0)))
         outcomes = dict(self.webhook_outcomes()) if self.webhook_outcomes is not None else {}
         return Snapshot(

@@ -58,6 +58,7 @@ def snapshot_to_public(snap: Snapshot) -> dict[str, Any]:
                         "priority": p.priority.value,
                         "list": p.list_name,
                         "depth": p.depth,
+                        "in_broker": p.in_broker,
                         "oldest_age_seconds": p.oldest_age_seconds,
                     }
                     for p in q.priorities

@@ -26,6 +26,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Every family this module exposes; the infra configs (alerts, dashboards, KEDA) may use only these.
 METRIC_NAMES = (
     "loupe_queue_depth",
+    "loupe_queue_in_broker",
     "loupe_queue_oldest_age_seconds",
     "loupe_queue_unacked",
     "loupe_workers_online",
@@ -52,7 +53,14 @@ def _buckets(h: Histogram) -> list[tuple[str, float]]:
 def metric_families(snap: Snapshot) -> Iterator[Metric]:
     """The families of one snapshot, in a stable order."""
     depth = GaugeMetricFamily(
-        "loupe_queue_depth", "Messages waiting in the broker.", labels=["queue", "priority"]
+        "loupe_queue_depth",
+        "Jobs waiting: queued in SQL for job queues, messages for the others.",
+        labels=["queue", "priority"],
+    )
+    in_broker = GaugeMetricFamily(
+        "loupe_queue_in_broker",
+        "Messages waiting in the broker (the dispatcher's buffer, for job queues).",
+        labels=["queue", "priority"],
     )
     age = GaugeMetricFamily(
         "loupe_queue_oldest_age_seconds",
@@ -65,9 +73,10 @@ def metric_families(snap: Snapshot) -> Iterator[Metric]:
     for q in snap.queues:
         for p in q.priorities:
             depth.add_metric([q.queue, p.priority.value], p.depth)
+            in_broker.add_metric([q.queue, p.priority.value], p.in_broker)
             age.add_metric([q.queue, p.priority.value], p.oldest_age_seconds or 0.0)
         unacked.add_metric([q.queue], q.unacked)
-    yield from (depth, age, unacked)
+    yield from (depth, in_broker, age, unacked)
 
     yield GaugeMetricFamily(
         "loupe_workers_online", "Worker processes with a live heartbeat.", value=len(snap.workers)

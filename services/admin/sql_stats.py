@@ -112,10 +112,20 @@ class SqlJobStats:
             by_status.setdefault(status.value, 0)
         return JobCounts(by_status=by_status, running_by_model=running, oldest_queued=oldest)
 
-    def oldest(self, models: Collection[str]) -> dict[Priority, datetime]:
-        """Oldest queued job per priority among ``models`` (one per-model queue)."""
+    def backlog(self, models: Collection[str] | None) -> dict[Priority, tuple[int, datetime]]:
+        """(queued jobs, the oldest one's created_at) per priority among ``models`` (all when
+        None): the queue of record's depth. A count reads the queued rows' index entries; the
+        admin views cache their snapshot, so it runs at most once a second."""
+        query = (
+            select(jobs.c.priority, func.count(), func.min(jobs.c.created_at))
+            .where(jobs.c.status == JobStatus.QUEUED.value)
+            .group_by(jobs.c.priority)
+        )
+        if models is not None:
+            query = query.where(jobs.c.model.in_(list(models)))
         with reading(self._engine) as conn:
-            return _oldest_queued(conn, models)
+            rows = conn.execute(query).all()
+        return {Priority(p): (int(n), created) for p, n, created in rows}
 
     def windows(
         self, now: datetime, minutes: Sequence[int] = WINDOWS_MINUTES, cap: int = WINDOW_ROW_CAP

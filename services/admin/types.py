@@ -34,13 +34,18 @@ WINDOWS_MINUTES = (1, 5, 15)
 
 @dataclass(frozen=True)
 class PriorityDepth:
-    """One Redis list of a queue: the messages waiting at one priority."""
+    """One priority of a queue: what waits at it.
+
+    For a job queue, ``depth`` counts the queued jobs in SQL (the queue of record) and
+    ``in_broker`` those the dispatcher has handed to its Redis list (a small buffer); for the
+    webhooks and maintenance queues both are the Redis list's length."""
 
     priority: Priority
     list_name: str
     depth: int
     # now - created_at of the oldest queued job of this priority (None: unknown or empty).
     oldest_age_seconds: float | None
+    in_broker: int = 0
 
 
 @dataclass(frozen=True)

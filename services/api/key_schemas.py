@@ -47,6 +47,7 @@ class QuotaChange(_Strict):
     monthly_spend_usd: Money | None = None
     max_queued: Limit | None = None
     max_running: Limit | None = None
+    max_concurrency: Limit | None = None
     requests_per_minute: Limit | None = None
 
     def changes(self) -> dict[str, Any]:

@@ -176,6 +176,7 @@ class QuotaLimits(_Closed):
     monthly_spend_usd: Money | None
     max_queued: int | None
     max_running: int | None
+    max_concurrency: int | None
     requests_per_minute: int | None
 
 

@@ -17,7 +17,7 @@ from services.auth.keys import KeyStore, SqlKeyStore
 from services.catalog.registry import ModelRegistry, build_registry
 from services.clock import utcnow
 from services.files.service import FileService
-from services.jobs.queue import TaskQueue
+from services.jobs.handoff import DispatchNudge
 from services.jobs.service import JobService
 from services.jobs.store import JobStore
 from services.jobs.waiting import JobWaiter
@@ -68,7 +68,7 @@ class _Parts:
 
     engine: Engine
     blobs: BlobStore
-    queue: TaskQueue
+    nudge: DispatchNudge
     webhook_queue: WebhookQueue
     registry: ModelRegistry
     jobs: JobStore
@@ -80,18 +80,18 @@ def build_api(
     *,
     engine: Engine | None = None,
     blobs: BlobStore | None = None,
-    queue: TaskQueue | None = None,
+    nudge: DispatchNudge | None = None,
     webhook_queue: WebhookQueue | None = None,
 ) -> ApiRoot:
     """The real adapters ``settings`` names; a caller (a test, a benchmark) may pass its own
-    ``engine``, ``blobs``, ``queue`` or ``webhook_queue``, which stay the caller's to close.
+    ``engine``, ``blobs``, ``nudge`` or ``webhook_queue``, which stay the caller's to close.
     Whatever fails while building, what was opened so far is closed."""
     with ExitStack() as stack:
         engine = _given(engine, lambda: wiring.sql_engine(stack, settings.database_url))
         parts = _Parts(
             engine=engine,
             blobs=_given(blobs, lambda: wiring.s3_blobs(stack, settings)),
-            queue=_given(queue, lambda: wiring.task_producer(stack, settings)),
+            nudge=_given(nudge, lambda: wiring.dispatch_nudge(stack, settings)),
             webhook_queue=_given(webhook_queue, lambda: wiring.webhook_producer(stack, settings)),
             registry=build_registry(settings),
             jobs=wiring.job_store(engine, charge_failed_jobs=settings.charge_failed_jobs),
@@ -132,7 +132,7 @@ def _job_service(
 ) -> JobService:
     events = wiring.job_events(stack, settings, parts.webhook_store, parts.webhook_queue)
     return JobService(
-        settings=settings, store=parts.jobs, blobs=parts.blobs, queue=parts.queue,
+        settings=settings, store=parts.jobs, blobs=parts.blobs, nudge=parts.nudge,
         registry=parts.registry, clock=utcnow, events=events, quotas=quotas,
         estimator=CostEstimator(TokenizerFileCounter()),
         image_fetcher=RemoteImageFetcher(settings), files=files,

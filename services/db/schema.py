@@ -267,7 +267,8 @@ files = Table(
 jobs.append_column(Column("dispatched_at", UTCDateTime(), nullable=True))
 # The status a job was retried from (POST /v1/jobs/{id}/retry); NULL: never retried.
 jobs.append_column(Column("retried_from_status", String(16), nullable=True))
-# The dispatcher's candidates: queued jobs of a model, by priority, key and age.
+# The dispatcher's candidates: queued jobs of a model, by priority, key and age; and its
+# buffer: ``dispatched_at`` is set only between dispatch and claim, so that index stays small.
 Index(
     "ix_jobs_dispatch",
     jobs.c.status,
@@ -276,6 +277,7 @@ Index(
     jobs.c.owner_id,
     jobs.c.created_at,
 )
+Index("ix_jobs_dispatched", jobs.c.dispatched_at)
 # Jobs of a key in flight (handed to the broker or running) at once; NULL: no limit.
 key_quotas.append_column(Column("max_concurrency", Integer(), nullable=True))
 

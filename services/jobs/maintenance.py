@@ -5,19 +5,11 @@
 - ``remove_old_data``: after the retention period, a finished job's images are deleted from the
   object store (unless another job still keeps the same content-addressed image) and its prompt
   and output are cleared. Usage and cost stay: they are accounting, not user data.
-- ``requeue_lost``: a job no worker will ever see gets a new message.
-  - A queued job whose message the broker no longer holds: the API commits a job, then
-    publishes its message, and a process killed in between, or a broker that lost its data
-    (Redis restarted without persistence), leaves it with none.
-  - A running job whose lease lapsed: its worker died (a live one renews its leases every
-    ``LOUPE_LEASE_RENEW_SECONDS``). Its message sits unacknowledged until the broker's
-    visibility timeout (longer than the longest job: hours), so without this the job would
-    wait that long to run again. The lapse counts as a lost attempt (``reclaim_lapsed``): the
-    job is queued again, or ends ``failed``/``worker_lost`` after ``LOUPE_MAX_ATTEMPTS``, so a
-    job that kills its worker every time stops. Beat runs this every ``LOUPE_LOST_SWEEP_SECONDS``
-    (5): a dead worker's job runs again about a lease plus a sweep after its last renewal.
-  Publishing again is safe: a worker's claim fences each attempt, so a job runs to one result
-  and is billed once, whatever the duplicates.
+- ``reclaim_lapsed_leases``: a running job whose lease lapsed (its worker died; a live one
+  renews it every ``LOUPE_LEASE_RENEW_SECONDS``) counts a lost attempt (``reclaim_lapsed``):
+  back to the backlog for the dispatcher to hand out again, or ``failed``/``worker_lost`` after
+  ``LOUPE_MAX_ATTEMPTS``, so a job that kills its worker every time stops. The dispatcher runs
+  it every ``LOUPE_LOST_SWEEP_SECONDS`` (``services.dispatch``).
 """
 
 from __future__ import annotations
@@ -29,7 +21,6 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from services.jobs.events import JobEvents
-from services.jobs.queue import QueuedMessages, TaskQueue
 from services.jobs.store import JobRoute, JobSweepStore
 from services.storage.blobs import BlobStore
 from services.types import JobStatus
@@ -93,42 +84,7 @@ class QueueRoutes(Protocol):
     def queues(self) -> tuple[str, ...]: ...
 
 
-def requeue_lost(
-    store: JobSweepStore,
-    broker: QueuedMessages,
-    queue: TaskQueue,
-    routes: QueueRoutes,
-    now: datetime,
-    grace: timedelta,
-    *,
-    max_attempts: int,
-    events: JobEvents,
-    limit: int = 10_000,
-) -> int:
-    """Publish a message again for each job that has lost its own; returns how many.
-
-    Queued jobs count as lost once older than ``grace`` (the moment between the API's commit and
-    its publish) with no message waiting or delivered. Running jobs whose lease lapsed are
-    queued again (or end ``worker_lost`` at ``max_attempts``, announced on ``events``) and get a
-    message unless one is waiting (a delivered one belongs to the dead worker). The broker is
-    read only when there are such candidates, so a healthy system costs two indexed queries.
-    """
-    stale = store.queued_since_before(now - grace, limit)
-    abandoned = _reclaimed(store, events, now, max_attempts, limit)
-    if not stale and not abandoned:
-        return 0
-    held = [broker.held(name) for name in routes.queues()]
-    anywhere = frozenset().union(*(h.all for h in held))
-    waiting = frozenset().union(*(h.waiting for h in held))
-    lost = [(job, "queued with no message") for job in stale if job.id not in anywhere]
-    lost += [(job, "its worker's lease lapsed") for job in abandoned if job.id not in waiting]
-    for job, why in lost:
-        queue.enqueue_inference(job.id, job.priority, routes.queue_for(job.model))
-        log.warning("job %s: %s; published it again", job.id, why)
-    return len(lost)
-
-
-def _reclaimed(
+def reclaim_lapsed_leases(
     store: JobSweepStore, events: JobEvents, now: datetime, max_attempts: int, limit: int
 ) -> list[JobRoute]:
     """The lapsed-lease jobs this call queued again; those at ``max_attempts`` end here."""

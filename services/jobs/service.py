@@ -1,4 +1,5 @@
-"""Submitting and reading jobs: validate everything, store the image, commit, THEN enqueue."""
+"""Submitting and reading jobs: validate everything, store the image, commit, THEN nudge the
+dispatcher (SQL is the queue of record; ``services.dispatch`` hands the job to the broker)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from typing import Any, Protocol
 
 from services.catalog.registry import ModelRegistry
 from services.catalog.spec import ModelSpec
-from services.errors import Conflict, InvalidInput, Unavailable
+from services.errors import Conflict, InvalidInput
 from services.jobs.events import JobEvents
-from services.jobs.queue import TaskQueue
+from services.jobs.handoff import DispatchNudge
 from services.jobs.store import Cursor, JobFilter, JobSubmitStore
 from services.jobs.types import Job, NewJob, QueueInfo
 from services.net.images import ImageFetcher
@@ -109,7 +110,7 @@ class JobService:
         settings: Settings,
         store: JobSubmitStore,
         blobs: BlobStore,
-        queue: TaskQueue,
+        nudge: DispatchNudge,
         registry: ModelRegistry,
         clock: Callable[[], datetime],
         events: JobEvents,
@@ -126,7 +127,7 @@ class JobService:
         self._events = events
         self._store = store
         self._blobs = blobs
-        self._queue = queue
+        self._nudge = nudge
         self._registry = registry
         self._clock = clock
         self._limits = ImageLimits.from_settings(settings)
@@ -223,13 +224,8 @@ class JobService:
                 ),
                 now,
             )
-        try:
-            self._queue.enqueue_inference(job.id, job.priority, spec.queue)
-        except Unavailable:
-            # Enqueue after commit failed: take the job back so the client never sees a job
-            # that will not run. The content-addressed image may stay; it is shared and harmless.
-            self._store.delete_queued(job.id)
-            raise
+        # Committed: the job is safe and will run. The nudge only makes it run sooner.
+        self._nudge.nudge(spec.queue)
         return job
 
     def _image_bytes(self, image: ImageSource, owner_id: str) -> bytes:

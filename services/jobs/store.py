@@ -152,6 +152,7 @@ def _requeued(now: datetime) -> dict[str, Any]:
         "started_at": None,
         "lease_expires_at": None,
         "queued_at": now,
+        "dispatched_at": None,  # back in the backlog: the dispatcher hands it out again
     }
 
 
@@ -173,7 +174,6 @@ class JobSweepStore(Protocol):
     def get(self, job_id: str) -> Job: ...
     def overdue_queued(self, now: datetime, limit: int) -> list[str]: ...
     def expire_queued(self, job_id: str, now: datetime) -> bool: ...
-    def queued_since_before(self, cutoff: datetime, limit: int) -> list[JobRoute]: ...
     def lease_expired(self, now: datetime, limit: int) -> list[JobRoute]: ...
     def reclaim_lapsed(self, job_id: str, now: datetime, max_attempts: int) -> JobStatus | None: ...
     def retention_due(self, cutoff: datetime, limit: int) -> list[Job]: ...
@@ -249,6 +249,7 @@ class SqlJobStore:
                     lease_expires_at=now + lease,
                     queued_at=None,
                     queue_seconds=waited,
+                    dispatched_at=None,  # out of the broker's buffer
                 )
             )
             if result.rowcount != 1:
@@ -307,7 +308,9 @@ class SqlJobStore:
         return JobStatus(values["status"])
 
     def release(self, job_id: str, attempt: int, now: datetime) -> bool:
-        """running → queued (from ``now``) after a transient failure, so a retry can claim it."""
+        """running → queued (from ``now``) after a transient failure, so a retry can claim it.
+
+        It stays handed out (``dispatched_at``): the retry's message is the worker's to send."""
         return self._transition(
             job_id,
             attempt,
@@ -315,6 +318,7 @@ class SqlJobStore:
             started_at=None,
             lease_expires_at=None,
             queued_at=now,
+            dispatched_at=now,
         )
 
     def succeed(
@@ -372,6 +376,7 @@ class SqlJobStore:
             cancel_requested_at=now,
             error_code="canceled",
             error_message="The job was canceled before it started.",
+            dispatched_at=None,
         )
 
     def request_cancel(self, job_id: str, now: datetime) -> bool:
@@ -429,6 +434,7 @@ class SqlJobStore:
             completed_at=now,
             error_code="expired",
             error_message="The job was not started before its ttl_seconds ran out.",
+            dispatched_at=None,
         )
 
     def overdue_queued(self, now: datetime, limit: int) -> list[str]:
@@ -441,10 +447,6 @@ class SqlJobStore:
                 .limit(limit)
             )
             return [row[0] for row in rows]
-
-    def queued_since_before(self, cutoff: datetime, limit: int) -> list[JobRoute]:
-        """Jobs created before ``cutoff`` and still queued, oldest first."""
-        return self._routes(JobStatus.QUEUED, jobs.c.created_at, cutoff, limit)
 
     def lease_expired(self, now: datetime, limit: int) -> list[JobRoute]:
         """Running jobs whose lease ran out: their worker died, or could not renew the lease

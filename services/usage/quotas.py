@@ -3,15 +3,14 @@
 - requests per minute → 429 ``rate_limited`` with ``Retry-After`` (seconds left in the minute).
   Counted in Redis, atomically, so every API process shares the count (see ``RedisRateLimiter``).
 - max queued jobs → 429 ``too_many_queued_jobs``.
-- max running jobs → 429 ``too_many_running_jobs``. It bites at submit, counting the key's
-  running jobs: a key already at its concurrency gets no new work until one finishes. The worker
-  does not defer instead: a deferred job would have to go back to the broker (reordering the
-  queue, spending retries) while it sat in a GPU slot's place.
+- max running jobs and max concurrency never refuse a submit: the dispatcher
+  (``services.dispatch``) holds the key's queued jobs back while it has that many handed out
+  (``Quota.in_flight_limit``), so they wait their turn in SQL, not in a GPU slot's place.
 - monthly spend cap (USD) → 402 ``spend_limit_reached``. The check counts the ledger's cost
   billed this UTC month, plus the estimated maximum of the key's queued and running jobs, plus
   this job's maximum, so a burst of submissions cannot overshoot the cap.
 
-The count-then-insert of the last three runs under a per-key Redis lock held until the job row
+The count-then-insert of the last two runs under a per-key Redis lock held until the job row
 is inserted, so concurrent submissions of one key (on any API process) cannot race past a limit.
 Keys without those limits take no lock.
 """
@@ -47,14 +46,22 @@ class Quota:
     max_queued: int | None = None
     max_running: int | None = None
     requests_per_minute: int | None = None
+    max_concurrency: int | None = None
 
     @property
     def counts_jobs(self) -> bool:
-        return (
-            self.monthly_spend_usd is not None
-            or self.max_queued is not None
-            or self.max_running is not None
-        )
+        """Whether a submit must count the key's jobs (``max_running`` and ``max_concurrency``
+        hold jobs back at dispatch instead: they never refuse a submit)."""
+        return self.monthly_spend_usd is not None or self.max_queued is not None
+
+    @property
+    def in_flight_limit(self) -> int | None:
+        """Most of the key's jobs handed out at once (in the broker or running), or None.
+
+        A job handed to the broker runs as soon as a worker takes it, so the dispatcher counts
+        it against ``max_running`` too: the key never has more running than either limit."""
+        limits = [n for n in (self.max_running, self.max_concurrency) if n is not None]
+        return min(limits) if limits else None
 
     def to_public(self) -> dict[str, Any]:
         spend = self.monthly_spend_usd
@@ -62,6 +69,7 @@ class Quota:
             "monthly_spend_usd": None if spend is None else money_str(spend),
             "max_queued": self.max_queued,
             "max_running": self.max_running,
+            "max_concurrency": self.max_concurrency,
             "requests_per_minute": self.requests_per_minute,
         }
 
@@ -291,19 +299,12 @@ class QuotaEnforcer:
                 lock.release()
 
     def _check(self, owner_id: str, quota: Quota, cost_max: Decimal) -> None:
-        queued, running, reserved = self._active(owner_id)
+        queued, _running, reserved = self._active(owner_id)
         if quota.max_queued is not None and queued >= quota.max_queued:
             raise QuotaExceeded(
                 f"This key has {queued} queued jobs, its limit is {quota.max_queued}; "
                 "retry when some have started.",
                 code="too_many_queued_jobs",
-                retry_after=BUSY_RETRY_AFTER,
-            )
-        if quota.max_running is not None and running >= quota.max_running:
-            raise QuotaExceeded(
-                f"This key has {running} running jobs, its limit is {quota.max_running}; "
-                "retry when one has finished.",
-                code="too_many_running_jobs",
                 retry_after=BUSY_RETRY_AFTER,
             )
         cap = quota.monthly_spend_usd

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from infra.localstack.parts import (
     api_part,
+    dispatcher_part,
     inference_worker_part,
     light_worker_part,
     process_env,
@@ -89,9 +90,39 @@ def start_worker(
     app: str = "workers.celery_app",
     queues: str = "inference",
 ) -> ServerProcess:
-    """An inference worker named ``name`` on ``queues``, running Celery app ``app``; once ready."""
+    """An inference worker named ``name`` on ``queues``, running Celery app ``app``; once ready.
+
+    The stack of ``env`` gets a dispatcher first (one per stack, kept for the session, as a
+    deployment keeps one): without it no queued job reaches the broker."""
+    ensure_dispatcher(env, log.parent)
     part = inference_worker_part(env, node=name, queues=queues, app=app)
     return start_part(part, _isolated(env), log, timeout=240)
+
+
+# One dispatcher per stack (keyed by its database), stopped when the session ends.
+_DISPATCHERS: dict[str, ServerProcess] = {}
+
+
+def start_dispatcher(env: dict[str, str], log: Path, name: str = "dispatcher") -> ServerProcess:
+    """A dispatcher (``python -m services.dispatch``) for ``env``'s stack, once it listens."""
+    return start_part(dispatcher_part(env, name=name), _isolated(env), log, timeout=60)
+
+
+def ensure_dispatcher(env: dict[str, str], logs: Path) -> ServerProcess:
+    """The session's dispatcher of ``env``'s stack, started (log in ``logs``) if it has none."""
+    url = env["LOUPE_DATABASE_URL"]
+    running = _DISPATCHERS.get(url)
+    if running is None or not running.alive():
+        _DISPATCHERS[url] = start_dispatcher(env, logs / "dispatcher.log")
+    return _DISPATCHERS[url]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_dispatchers() -> Iterator[None]:
+    yield
+    for process in _DISPATCHERS.values():
+        process.stop()
+    _DISPATCHERS.clear()
 
 
 def start_api(env: dict[str, str], log: Path, *, workers: int = 2) -> tuple[ServerProcess, str]:

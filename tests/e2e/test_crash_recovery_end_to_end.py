@@ -1,5 +1,5 @@
 """Crash-proof runs on the real stack: leases renewed by heartbeat, lapsed ones handed out again
-by beat's lost-job sweep, and a job that kills its worker every time stopped.
+by the dispatcher, and a job that kills its worker every time stopped.
 
 Leases are short here (``LEASE_SECONDS``) to keep the tests quick; production's defaults (30 s
 lease, 5 s renewals and sweeps) bring a killed worker's job back within about 35 s.
@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from infra.localstack.parts import (
+    dispatcher_part,
     inference_worker_part,
-    light_worker_part,
     process_env,
     start_parts,
 )
@@ -50,12 +50,12 @@ def _lease_env(redis_server, s3_server, models_dir, tmp_path, redis_db: int) -> 
 
 
 def _start(env: dict[str, str], tmp_path: Path, *parts: tuple[str, str]) -> list[ServerProcess]:
-    """The beat-and-sweeps light worker plus an inference worker per (name, app), together."""
-    beat = light_worker_part(env, node="beat", beat_schedule=tmp_path / "beat-schedule")
+    """The dispatcher plus an inference worker per (name, app), together."""
+    dispatcher = dispatcher_part(env)
     workers = [inference_worker_part(env, node=name, app=app) for name, app in parts]
-    logs = [tmp_path / f"{name}.log" for name in ("beat", *(name for name, _ in parts))]
+    logs = [tmp_path / f"{name}.log" for name in ("dispatcher", *(name for name, _ in parts))]
     return start_parts(
-        list(zip([beat, *workers], logs, strict=True)),
+        list(zip([dispatcher, *workers], logs, strict=True)),
         process_env(env, inherit_loupe=False),
         timeout=240,
     )

@@ -21,8 +21,8 @@ import redis
 from sqlalchemy import select
 
 from infra.localstack.parts import (
+    dispatcher_part,
     inference_worker_part,
-    light_worker_part,
     process_env,
     start_parts,
 )
@@ -130,8 +130,8 @@ def test_e2e_a_20_s_database_outage_loses_no_job_result_or_message(
             proc.stop()
         api.close()
     assert watch.overdue == []
-    beat_log = (tmp_path / "beat.log").read_text()
-    assert "published it again" not in beat_log  # no message had to be replaced
+    dispatcher_log = (tmp_path / "dispatcher.log").read_text()
+    assert "lost its message" not in dispatcher_log  # no message had to be replaced
 
 
 def _count(api: ApiUnderTest, ids: list[str], status: str) -> int:
@@ -141,8 +141,9 @@ def _count(api: ApiUnderTest, ids: list[str], status: str) -> int:
 
 
 def _start(env: dict[str, str], tmp_path: Path) -> list[ServerProcess]:
-    beat = light_worker_part(env, node="beat", beat_schedule=tmp_path / "beat-schedule")
+    dispatcher = dispatcher_part(env)
     w1 = inference_worker_part(env, node="w1")
     w2 = inference_worker_part(env, node="w2")
-    parts = [(beat, tmp_path / "beat.log"), (w1, tmp_path / "w1.log"), (w2, tmp_path / "w2.log")]
+    parts = [(dispatcher, tmp_path / "dispatcher.log"), (w1, tmp_path / "w1.log"),
+             (w2, tmp_path / "w2.log")]  # fmt: skip
     return start_parts(parts, process_env(env, inherit_loupe=False), timeout=240)

@@ -24,7 +24,9 @@ from services.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILES = sorted((REPO / "infra" / "docker").glob("Dockerfile.*"))
-APP_SERVICES = ("migrate", "api", "worker", "worker-cpu", "webhook-worker", "beat")
+APP_SERVICES = (
+    "migrate", "api", "worker", "worker-cpu", "webhook-worker", "dispatcher", "beat",
+)  # fmt: skip
 _ENV_PREFIXES = ("LOUPE_", "POSTGRES_", "SEAWEEDFS_", "COMPOSE_", "DOCKER_")
 
 

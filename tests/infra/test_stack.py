@@ -51,6 +51,7 @@ _CHECK_WEBHOOK_ENV = (
 )
 _WORKER = "import time; print('loupe-local@test ready.', flush=True); time.sleep(600)"
 _WEBHOOKS = "import time; print('loupe-webhooks@test ready.', flush=True); time.sleep(600)"
+_DISPATCHER = "import time; print('dispatcher ready.', flush=True); time.sleep(600)"
 
 
 def fake_plan(tmp_path: Path, *, worker_script: str = _WORKER) -> StackPlan:
@@ -64,7 +65,7 @@ def fake_plan(tmp_path: Path, *, worker_script: str = _WORKER) -> StackPlan:
     def stand_ins(paths: StackPaths, env: Mapping[str, str]) -> list[Part]:
         if NO_NGINX:
             pytest.skip(NO_NGINX)
-        api, proxy, worker, webhooks = local_app_parts(paths, env)
+        api, proxy, worker, webhooks, dispatcher = local_app_parts(paths, env)
         assert api.url is not None
         port = api.url.rsplit(":", 1)[1]
         return [
@@ -72,6 +73,7 @@ def fake_plan(tmp_path: Path, *, worker_script: str = _WORKER) -> StackPlan:
             proxy,
             replace(worker, argv=(PYTHON, "-c", _CHECK_ENV + worker_script)),
             replace(webhooks, argv=(PYTHON, "-c", _CHECK_ENV + _CHECK_WEBHOOK_ENV + _WEBHOOKS)),
+            replace(dispatcher, argv=(PYTHON, "-c", _CHECK_ENV + _DISPATCHER)),
         ]  # fmt: skip
 
     return StackPlan(

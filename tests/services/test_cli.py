@@ -27,11 +27,11 @@ def cli(sqlite_url, monkeypatch):
 def test_cli_set_quota_sets_changes_and_clears(cli):
     run, key_id, store = cli
     result = run("set-quota", key_id, "--monthly-spend", "10.00", "--max-queued", "100",
-                 "--max-running", "4", "--rpm", "60")  # fmt: skip
+                 "--max-running", "4", "--max-concurrency", "6", "--rpm", "60")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {
         "key_id": key_id, "monthly_spend_usd": "10", "max_queued": 100, "max_running": 4,
-        "requests_per_minute": 60,
+        "max_concurrency": 6, "requests_per_minute": 60,
     }  # fmt: skip
     assert run("set-quota", key_id, "--rpm", "none", "--max-queued", "5").exit_code == 0
     assert store.get(key_id).requests_per_minute is None

@@ -1,21 +1,16 @@
 """LOUPE_MODEL_QUEUES: per-model Celery queues, from settings to the broker, the queue position,
-the admin view and the lost-job sweep (real SQLite, S3 and Redis)."""
+the admin view and the dispatcher (real SQLite, S3 and Redis)."""
 
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 
 import pytest
 import redis
 
 from services.auth.keys import Role
 from services.catalog.registry import build_registry
-from services.clock import utcnow
 from services.errors import ConfigurationError
-from services.jobs.events import NoJobEvents
-from services.jobs.maintenance import requeue_lost
-from services.jobs.queue import RedisQueuedMessages
 from services.settings import Settings, load_settings
 from tests.conftest import auth
 from tests.helpers import chat_body
@@ -74,6 +69,7 @@ def test_jobs_go_to_their_models_queue_and_queue_position_counts_that_queue(
     tiny = [submit(TINY_MODEL)["id"] for _ in range(3)]
     big = submit(LLAMA_90B)
     big_low = submit(LLAMA_90B, priority="low")
+    assert api.dispatch() == 5  # no worker yet: the margin (4) per queue
     broker = redis.Redis.from_url(settings.broker_url)
     try:
         assert _ids_in(broker, "inference:5") == tiny[::-1]  # kombu LPUSHes, workers BRPOP
@@ -88,25 +84,20 @@ def test_jobs_go_to_their_models_queue_and_queue_position_counts_that_queue(
     view = client.get("/v1/admin/queues", headers=auth(_admin_key(api))).json
     by_name = {q["queue"]: q for q in view["queues"]}
     assert list(by_name) == ["inference", "gpu-90b", "webhooks", "maintenance"]
-    assert by_name["inference"]["depth"] == 4 and by_name["gpu-90b"]["depth"] == 2
+    assert by_name["inference"]["depth"] == 4 and by_name["gpu-90b"]["depth"] == 2  # in SQL
+    assert sum(p["in_broker"] for p in by_name["inference"]["priorities"]) == 3
     assert by_name["gpu-90b"]["oldest_age_seconds"] is not None
     metrics = client.get("/metrics", headers=auth(_admin_key(api))).get_data(as_text=True)
     assert 'loupe_queue_depth{priority="low",queue="gpu-90b"} 1.0' in metrics
 
 
-def test_the_lost_job_sweep_publishes_on_the_jobs_own_queue(client, api, settings, user_key):
+def test_the_dispatcher_publishes_on_the_jobs_own_queue(client, api, settings, user_key):
     body = chat_body(make_image(), model=LLAMA_90B)
     job_id = client.post("/v1/jobs", json=body, headers=auth(user_key)).json["id"]
+    assert api.dispatch() == 1
     broker = redis.Redis.from_url(settings.broker_url)
     try:
-        assert broker.delete("gpu-90b:5") == 1
-        later = utcnow() + timedelta(minutes=3)
-        scan = RedisQueuedMessages(broker)
-        args = (api.jobs, scan, api.queue, api.registry, later, timedelta(minutes=2))
-        sweep = {"max_attempts": 3, "events": NoJobEvents()}
-        assert requeue_lost(*args, **sweep) == 1
-        assert _ids_in(broker, "gpu-90b:5") == [job_id]
-        assert requeue_lost(*args, **sweep) == 0
+        assert _ids_in(broker, "gpu-90b:5") == [job_id] and broker.llen("inference:5") == 0
     finally:
         broker.close()
 

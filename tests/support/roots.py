@@ -19,9 +19,11 @@ from services.api.app import create_app
 from services.api.root import ApiRoot, build_api
 from services.auth.keys import SqlKeyStore
 from services.catalog.registry import ModelRegistry
+from services.dispatch.dispatcher import Dispatcher
+from services.dispatch.root import build_dispatcher
 from services.files.service import FileService
 from services.jobs.events import JobEvents
-from services.jobs.queue import TaskQueue
+from services.jobs.handoff import DispatchNudge
 from services.jobs.service import JobService
 from services.jobs.store import SqlJobStore
 from services.jobs.waiting import JobWaiter
@@ -44,9 +46,10 @@ class ApiUnderTest:
     quotas: SqlQuotaStore
     webhook_store: SqlWebhookStore
     blobs: BlobStore
-    queue: TaskQueue
+    nudge: DispatchNudge
     events: JobEvents
     resources: ExitStack = field(repr=False, compare=False)
+    _dispatchers: list[Dispatcher] = field(default_factory=list, repr=False, compare=False)
 
     def close(self) -> None:
         """Close the root, then the pool, clients and producers opened for it."""
@@ -76,6 +79,17 @@ class ApiUnderTest:
     def waiter(self) -> JobWaiter:
         return self.root.waiter
 
+    def dispatch(self) -> int:
+        """One dispatch pass, as the dispatcher process runs it: hands queued jobs to the
+        broker (within its window); how many it handed out. Built on first use."""
+        return self.dispatcher.dispatch()
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        if not self._dispatchers:
+            self._dispatchers.append(build_dispatcher(self.settings, self.resources))
+        return self._dispatchers[0]
+
     def client(self) -> Any:
         """A Flask test client of an app over this root."""
         return create_app(self.root).test_client()
@@ -89,9 +103,9 @@ def build_test_api(
     with ExitStack() as stack:
         engine = wiring.sql_engine(stack, settings.database_url)
         blobs = wiring.s3_blobs(stack, settings)
-        queue = wiring.task_producer(stack, settings)
+        nudge = wiring.dispatch_nudge(stack, settings)
         hooks = webhook_queue or wiring.webhook_producer(stack, settings)
-        root = build_api(settings, engine=engine, blobs=blobs, queue=queue, webhook_queue=hooks)
+        root = build_api(settings, engine=engine, blobs=blobs, nudge=nudge, webhook_queue=hooks)
         stack.callback(root.close)
         webhook_store = SqlWebhookStore(engine)
         return ApiUnderTest(
@@ -102,7 +116,7 @@ def build_test_api(
             quotas=SqlQuotaStore(engine),
             webhook_store=webhook_store,
             blobs=blobs,
-            queue=queue,
+            nudge=nudge,
             events=wiring.job_events(stack, settings, webhook_store, hooks),
             resources=stack.pop_all(),  # last: everything above registered its release
         )

@@ -18,6 +18,7 @@ from services.jobs.events import NoJobEvents
 from services.settings import Settings
 from services.storage.images import ImageLimits
 from services.types import JobStatus, SamplingParams
+from tests.support.dispatch import RecordingNudge
 from tests.support.images import image_ref, make_image
 from tests.support.jobs import insert_job
 from tests.support.keys import new_key
@@ -108,6 +109,7 @@ def _ctx(store, engine: FakeEngine, blobs: Any = None, events: Any = None) -> Wo
         leases=LeaseKeeper(store, LEASE, 0.05, clock=lambda: NOW),
         events=events or NoJobEvents(),
         image_limits=ImageLimits.from_settings(Settings()),
+        nudge=RecordingNudge(),
         clock=lambda: NOW,
     )
 

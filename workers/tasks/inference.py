@@ -20,7 +20,9 @@ def run_inference(self: Task[Any, Any], job_id: str) -> str:
     ctx = roots_of(self.app).inference()
     try:
         with IN_FLIGHT.track():  # slots_in_use in this worker's heartbeat
-            return process_job(job_id, ctx).value
+            outcome = process_job(job_id, ctx)
+        ctx.nudge.nudge((self.request.delivery_info or {}).get("routing_key") or "")
+        return outcome.value
     except NotServedHere as exc:
         # Misrouted (a -Q that LOUPE_MODEL_QUEUES does not send this worker's models to): the
         # job stays queued, and its message goes round until a worker that serves the model

@@ -1,5 +1,5 @@
 """Thin periodic task shells (scheduled by Celery beat): expiry, retention (jobs and uploaded
-files), lost-message and webhook sweeps."""
+files) and webhook sweeps. Lost jobs are the dispatcher's (``services.dispatch``)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,13 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from services.jobs.maintenance import expire_overdue, remove_old_data, requeue_lost
+from services.jobs.maintenance import expire_overdue, remove_old_data
 from services.webhooks.sweep import requeue_overdue
 from workers.roots import roots_of
 
 EXPIRE_TASK = "loupe.maintenance.expire_overdue"
 RETENTION_TASK = "loupe.maintenance.remove_old_data"
 WEBHOOK_SWEEP_TASK = "loupe.maintenance.requeue_overdue_webhooks"
-LOST_JOBS_TASK = "loupe.maintenance.requeue_lost_jobs"
-# A job queued this long with no message was lost between commit and publish (or by the broker);
-# far longer than the API takes from its commit to its publish.
-LOST_JOB_GRACE = timedelta(minutes=2)
 # An attempt this late lost its message (its worker died, or the broker was down); longer than
 # a POST's timeout plus the stale-claim margin, so a slow attempt is never taken for lost.
 WEBHOOK_GRACE = timedelta(minutes=5)
@@ -45,19 +41,3 @@ def remove_old_job_data(self: Task[Any, Any]) -> int:
 def requeue_overdue_webhooks(self: Task[Any, Any]) -> int:
     deliveries = roots_of(self.app).light().deliveries
     return requeue_overdue(deliveries.store, deliveries.queue, deliveries.clock(), WEBHOOK_GRACE)
-
-
-@shared_task(name=LOST_JOBS_TASK, bind=True, ignore_result=True)
-def requeue_lost_jobs(self: Task[Any, Any]) -> int:
-    ctx = roots_of(self.app).light()
-    routes, now = ctx.registry, ctx.clock()
-    return requeue_lost(
-        ctx.jobs,
-        ctx.broker,
-        ctx.queue,
-        routes,
-        now,
-        LOST_JOB_GRACE,
-        max_attempts=ctx.max_attempts,
-        events=ctx.events,
-    )

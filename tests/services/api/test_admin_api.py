@@ -92,7 +92,7 @@ def test_admin_queues_reports_depth_age_jobs_workers_and_failures(
     by_priority = {p["priority"]: p for p in queue["priorities"]}
     assert by_priority["high"]["depth"] == 1
     assert by_priority["normal"] == {
-        "priority": "normal", "list": "inference:5", "depth": 2,
+        "priority": "normal", "list": "inference:5", "depth": 2, "in_broker": 0,
         "oldest_age_seconds": by_priority["normal"]["oldest_age_seconds"],
     }  # fmt: skip
     assert by_priority["low"]["oldest_age_seconds"] is None

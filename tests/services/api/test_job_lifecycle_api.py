@@ -26,7 +26,7 @@ def test_idempotency_key_replay_returns_the_original_job(client, api, settings, 
     assert again.json["id"] == first.json["id"]
     assert again.headers["Idempotent-Replayed"] == "true"
     assert count_jobs(api.db_engine) == 1
-    assert queue_length(settings.broker_url) == 1
+    assert api.dispatch() == 1 and queue_length(settings.broker_url) == 1
 
 
 def test_idempotency_key_with_another_body_is_409(client, api, user_key):
@@ -93,12 +93,13 @@ def test_multipart_accepts_priority_and_ttl(client, api, user_key):
     assert job.priority is Priority.HIGH and job.expires_at is not None
 
 
-def test_priority_goes_to_its_redis_list(client, settings, user_key):
+def test_priority_goes_to_its_redis_list(client, api, settings, user_key):
     import redis
 
     _submit(client, user_key, chat_body(make_image(), priority="high"))
     _submit(client, user_key, chat_body(make_image(), priority="low"))
     _submit(client, user_key, chat_body(make_image()))
+    assert api.dispatch() == 3
     r = redis.Redis.from_url(settings.broker_url)
     try:
         assert (r.llen("inference"), r.llen("inference:5"), r.llen("inference:9")) == (1, 1, 1)

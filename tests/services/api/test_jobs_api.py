@@ -21,7 +21,7 @@ from tests.support.roots import ApiUnderTest, build_test_api
 def _assert_nothing_created(api: ApiUnderTest, settings: Settings, s3: Any) -> None:
     assert count_jobs(api.db_engine) == 0
     assert count_objects(s3, settings.s3_bucket) == 0
-    assert queue_length(settings.broker_url) == 0
+    assert api.dispatch() == 0 and queue_length(settings.broker_url) == 0
 
 
 def test_create_job_json_returns_202_and_stores_everything(
@@ -41,7 +41,8 @@ def test_create_job_json_returns_202_and_stores_everything(
     assert body["output"] is None and body["usage"] is None and body["error"] is None
     assert count_jobs(api.db_engine) == 1
     assert count_objects(s3_server, settings.s3_bucket) == 1
-    assert queue_length(settings.broker_url) == 1
+    assert queue_length(settings.broker_url) == 0  # committed; the dispatcher hands it out
+    assert api.dispatch() == 1 and queue_length(settings.broker_url) == 1
     job = api.jobs.get(body["id"])
     assert job.params.max_tokens == 8 and job.params.seed == 7 and job.params.stop == ("\n",)
     assert len(job.images) == 1 and job.images[0].width == 64
@@ -76,7 +77,7 @@ def test_create_job_multipart_returns_202(client, api, settings, user_key):
     assert job.params.stop == ("a", "b")
     assert [p.type for p in job.messages[0].content] == ["image", "text"]
     assert job.images[0].content_type == "image/jpeg"
-    assert queue_length(settings.broker_url) == 1
+    assert api.dispatch() == 1 and queue_length(settings.broker_url) == 1
 
 
 def test_same_image_is_stored_once(client, api, settings, s3_server, user_key):
@@ -391,3 +392,20 @@ def test_json_job_without_a_model_uses_the_default_model(client, user_key, setti
     response = client.post("/v1/jobs", json=body, headers=auth(user_key))
     assert response.status_code == 202, response.json
     assert response.json["model"] == build_registry(settings).default_model
+
+
+def test_a_submit_nudges_the_dispatcher_after_its_commit(client, api, settings, user_key):
+    import redis
+
+    from services.jobs.handoff import DISPATCH_CHANNEL
+
+    listener = redis.Redis.from_url(settings.broker_url).pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(DISPATCH_CHANNEL)
+    try:
+        listener.get_message(timeout=1)  # the subscription's confirmation
+        response = client.post("/v1/jobs", json=chat_body(make_image()), headers=auth(user_key))
+        assert response.status_code == 202
+        message = listener.get_message(timeout=5)
+        assert message is not None and message["data"] == b"inference"
+    finally:
+        listener.close()

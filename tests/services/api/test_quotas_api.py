@@ -12,6 +12,7 @@ from services.clock import utcnow
 from tests.conftest import auth
 from tests.helpers import chat_body, count_jobs, count_objects, queue_length
 from tests.support.images import make_image
+from tests.support.jobs import run_to
 from tests.support.keys import new_key
 from tests.support.models import LLAMA_90B
 from tests.support.roots import build_test_api
@@ -28,6 +29,8 @@ def _submit(client, key: str, shade: int = 0, **extra):
 
 
 def _counts(api, settings, s3_server) -> tuple[int, int, int]:
+    """(jobs, S3 objects, broker messages once the dispatcher has handed out what it may)."""
+    api.dispatch()
     return (
         count_jobs(api.db_engine),
         count_objects(s3_server, settings.s3_bucket),
@@ -79,19 +82,16 @@ def test_quota_max_queued_is_429_and_creates_nothing(
     assert _submit(client, other_key, 3).status_code == 202  # other keys are not limited
 
 
-def test_quota_max_running_is_429_and_creates_nothing(
+def test_quota_max_running_never_refuses_a_submit_the_dispatcher_holds_jobs_back(
     client, api, settings, s3_server, user_key, key_id
 ):
     api.quotas.update(key_id, utcnow(), max_running=1)
-    job_id = _submit(client, user_key, 1).json["id"]
-    assert _submit(client, user_key, 2).status_code == 202  # queued jobs do not count
-    assert api.jobs.claim(job_id, utcnow(), timedelta(seconds=60)) is not None
-    before = _counts(api, settings, s3_server)
-    response = _submit(client, user_key, 3)
-    assert response.status_code == 429
-    assert response.json["error"]["code"] == "too_many_running_jobs"
-    assert "Retry-After" in response.headers
-    assert _counts(api, settings, s3_server) == before
+    ids = [_submit(client, user_key, n).json["id"] for n in range(3)]
+    assert _counts(api, settings, s3_server) == (3, 3, 1)  # one handed out, two held back
+    assert api.jobs.claim(ids[0], utcnow(), timedelta(seconds=60)) is not None
+    assert api.dispatch() == 0  # it runs: still one in flight
+    run_to(api.jobs, ids[0], "succeeded", utcnow())
+    assert api.dispatch() == 1
 
 
 def test_quota_spend_cap_is_402_and_creates_nothing(
@@ -165,7 +165,7 @@ def test_quota_endpoint_shows_limits_and_where_the_key_stands(
 ):
     assert client.get("/v1/quota").status_code == 401
     unlimited = client.get("/v1/quota", headers=auth(user_key)).json
-    assert unlimited["limits"] == {"monthly_spend_usd": None, "max_queued": None,
+    assert unlimited["limits"] == {"monthly_spend_usd": None, "max_queued": None, "max_concurrency": None,
                                    "max_running": None, "requests_per_minute": None}  # fmt: skip
     assert unlimited["current"]["available_usd"] is None
     api.quotas.update(

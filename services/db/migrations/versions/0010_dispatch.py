@@ -22,6 +22,7 @@ def upgrade() -> None:
         batch.create_index(
             "ix_jobs_dispatch", ["status", "model", "priority", "owner_id", "created_at"]
         )
+        batch.create_index("ix_jobs_dispatched", ["dispatched_at"])
     with op.batch_alter_table("key_quotas") as batch:
         batch.add_column(sa.Column("max_concurrency", sa.Integer(), nullable=True))
     op.create_table(
@@ -37,6 +38,7 @@ def downgrade() -> None:
     with op.batch_alter_table("key_quotas") as batch:
         batch.drop_column("max_concurrency")
     with op.batch_alter_table("jobs") as batch:
+        batch.drop_index("ix_jobs_dispatched")
         batch.drop_index("ix_jobs_dispatch")
         batch.drop_column("retried_from_status")
         batch.drop_column("dispatched_at")
