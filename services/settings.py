@@ -42,6 +42,14 @@ class Settings:
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
+    # Every S3 call of a process: seconds to connect (and to wait on a stalled upload), seconds
+    # one read may wait for bytes, attempts in all. A store that stops answering fails a call
+    # after about attempts x (read timeout + 1 s): a PUT first waits 1 s for "100 Continue".
+    # The API must answer a submit within 5 s, so its defaults make one attempt; these bound
+    # waits between bytes, never a whole transfer, so large objects still go through.
+    s3_connect_timeout_seconds: float = 2.0
+    s3_read_timeout_seconds: float = 3.0
+    s3_max_attempts: int = 1
     models_dir: Path = Path(".dev/models")
     # A TOML file merged into the shipped model catalog (services/catalog/loader.py).
     models_file: Path | None = None
@@ -302,6 +310,18 @@ def default_max_waiters(api_threads: int) -> int:
     return max(0, api_threads - max(2, api_threads // 4))
 
 
+def _s3_limits(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:
+    return {
+        "s3_connect_timeout_seconds": _float(
+            env, "S3_CONNECT_TIMEOUT_SECONDS", defaults.s3_connect_timeout_seconds
+        ),
+        "s3_read_timeout_seconds": _float(
+            env, "S3_READ_TIMEOUT_SECONDS", defaults.s3_read_timeout_seconds
+        ),
+        "s3_max_attempts": _int(env, "S3_MAX_ATTEMPTS", defaults.s3_max_attempts, 1),
+    }
+
+
 def _waiting_settings(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:
     broker_url = _str(env, "BROKER_URL", defaults.broker_url)
     api_threads = _int(env, "API_THREADS", defaults.api_threads, 1)
@@ -331,6 +351,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         s3_region=_str(env, "S3_REGION", defaults.s3_region),
         s3_access_key_id=_opt(env, "S3_ACCESS_KEY_ID"),
         s3_secret_access_key=_opt(env, "S3_SECRET_ACCESS_KEY"),
+        **_s3_limits(env, defaults),
         models_dir=Path(_str(env, "MODELS_DIR", str(defaults.models_dir))),
         models_file=_opt_path(env, "MODELS_FILE"),
         served_models=_list(env, "SERVED_MODELS", defaults.served_models),

@@ -27,6 +27,33 @@ class BlobStore(Protocol):
 
 
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+_MIN_CONNECTIONS = 10  # botocore's default pool
+
+
+def client_config(settings: Settings, probe_timeout: float | None = None) -> Config:
+    """botocore's configuration for the bucket of ``settings`` (:meth:`S3BlobStore.from_settings`).
+
+    One client serves every thread of a process (the API's gthread threads, a worker's Celery
+    threads), so its pool holds a connection for each: a smaller one would make threads wait
+    for, or discard, connections."""
+    connect, read = settings.s3_connect_timeout_seconds, settings.s3_read_timeout_seconds
+    attempts = settings.s3_max_attempts
+    if probe_timeout is not None:
+        connect, read, attempts = (probe_timeout, probe_timeout, 1)
+    connections = max(_MIN_CONNECTIONS, settings.api_threads, settings.worker_concurrency or 0)
+    return Config(
+        connect_timeout=connect,
+        read_timeout=read,
+        retries={"total_max_attempts": attempts, "mode": "standard"},
+        max_pool_connections=connections,
+        s3={"addressing_style": "path"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+
+
+def _unavailable(message: str) -> Unavailable:
+    return Unavailable(message, code="storage_unavailable")
 
 
 class S3BlobStore:
@@ -44,25 +71,15 @@ class S3BlobStore:
     def from_settings(
         cls, settings: Settings, *, probe_timeout: float | None = None
     ) -> S3BlobStore:
-        """The bucket of ``settings``: 5 s to connect, 30 s to read, up to 3 retries; with
-        ``probe_timeout``, no retry and both bounded by it (a readiness probe must answer fast)."""
-        connect, read, retries = (5.0, 30.0, 3)
-        if probe_timeout is not None:
-            connect, read, retries = (probe_timeout, probe_timeout, 0)
+        """The bucket of ``settings``, each call bounded by its ``s3_*`` timeouts and attempts;
+        with ``probe_timeout``, one attempt bounded by it (a readiness probe must answer fast)."""
         client = boto3.session.Session().client(
             "s3",
             endpoint_url=settings.s3_endpoint_url,
             region_name=settings.s3_region,
             aws_access_key_id=settings.s3_access_key_id,
             aws_secret_access_key=settings.s3_secret_access_key,
-            config=Config(
-                connect_timeout=connect,
-                read_timeout=read,
-                retries={"max_attempts": retries, "mode": "standard"},
-                s3={"addressing_style": "path"},
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-            ),
+            config=client_config(settings, probe_timeout),
         )
         return cls(client, settings.s3_bucket)
 
@@ -75,7 +92,7 @@ class S3BlobStore:
         try:
             self._client.head_bucket(Bucket=self._bucket)
         except (ClientError, BotoCoreError) as exc:
-            raise Unavailable(f"object store unavailable: {exc}") from exc
+            raise _unavailable(f"object store unavailable: {exc}") from exc
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
@@ -84,7 +101,7 @@ class S3BlobStore:
                 Bucket=self._bucket, Key=key, Body=data, ContentType=content_type, ContentMD5=md5
             )
         except (ClientError, BotoCoreError) as exc:
-            raise Unavailable(f"object store write failed: {exc}") from exc
+            raise _unavailable(f"object store write failed: {exc}") from exc
 
     def get(self, key: str) -> bytes:
         try:
@@ -93,9 +110,9 @@ class S3BlobStore:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in _MISSING:
                 raise NotFound(f"object {key} is missing", code="image_missing") from exc
-            raise Unavailable(f"object store read failed: {exc}") from exc
+            raise _unavailable(f"object store read failed: {exc}") from exc
         except BotoCoreError as exc:
-            raise Unavailable(f"object store read failed: {exc}") from exc
+            raise _unavailable(f"object store read failed: {exc}") from exc
 
     def exists(self, key: str) -> bool:
         try:
@@ -103,9 +120,9 @@ class S3BlobStore:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in _MISSING:
                 return False
-            raise Unavailable(f"object store unavailable: {exc}") from exc
+            raise _unavailable(f"object store unavailable: {exc}") from exc
         except BotoCoreError as exc:
-            raise Unavailable(f"object store unavailable: {exc}") from exc
+            raise _unavailable(f"object store unavailable: {exc}") from exc
         return True
 
     def modified_at(self, key: str) -> datetime | None:
@@ -114,13 +131,13 @@ class S3BlobStore:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in _MISSING:
                 return None
-            raise Unavailable(f"object store unavailable: {exc}") from exc
+            raise _unavailable(f"object store unavailable: {exc}") from exc
         except BotoCoreError as exc:
-            raise Unavailable(f"object store unavailable: {exc}") from exc
+            raise _unavailable(f"object store unavailable: {exc}") from exc
         return head["LastModified"]
 
     def delete(self, key: str) -> None:
         try:
             self._client.delete_object(Bucket=self._bucket, Key=key)
         except (ClientError, BotoCoreError) as exc:
-            raise Unavailable(f"object store delete failed: {exc}") from exc
+            raise _unavailable(f"object store delete failed: {exc}") from exc
