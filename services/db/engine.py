@@ -9,6 +9,14 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+CONNECT_TIMEOUT_S = 3
+"""Seconds PostgreSQL has to accept a connection and answer its handshake (libpq's
+``connect_timeout``, whole seconds, at least 2): a database that is unreachable or not answering
+fails the call (``Unavailable``, a 503 in the API) instead of holding the thread for minutes."""
+POOL_TIMEOUT_S = 3.0
+"""Seconds a caller waits for a pooled PostgreSQL connection when all are in use: connections
+held by calls stuck on a database that stopped answering must not queue every other thread."""
+
 
 def normalize_url(url: str) -> str:
     """Use psycopg 3 for plain ``postgresql://`` URLs."""
@@ -33,6 +41,9 @@ def make_engine(url: str) -> Engine:
     kwargs["pool_pre_ping"] = True
     kwargs["pool_size"] = 10
     kwargs["max_overflow"] = 20
+    kwargs["pool_timeout"] = POOL_TIMEOUT_S
+    if "connect_timeout" not in parsed.query:  # the URL's own ``?connect_timeout=`` wins
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     return create_engine(url, **kwargs)
 
 
