@@ -7,7 +7,8 @@ behind its front proxy (nginx, as in production) and one Celery worker (plus a m
 for the ``webhooks`` and ``maintenance`` queues, with the beat) and the dispatcher, which hands
 queued jobs from SQL to the broker; waits until ``GET /healthz``
 answers 200 through the proxy and the workers log ``ready.``, and writes ``.dev/stack.env``
-(``KEY=value`` lines, shell-sourceable, mode 0600).
+(``KEY=value`` lines, shell-sourceable, mode 0600). The database is ``.dev/loupe.db`` (SQLite)
+unless the environment's ``LOUPE_DATABASE_URL`` names another (:func:`dev_stack`).
 
 The same sequence (:func:`bring_up`, a :class:`StackPlan`) starts the batching benchmark's
 stack, attached (:func:`launched`); every app process is defined once, in
@@ -38,7 +39,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from infra.localstack.parts import (
@@ -462,6 +463,14 @@ DEV_STACK = StackPlan()
 key."""
 
 
+def dev_stack(environ: Mapping[str, str]) -> StackPlan:
+    """The dev stack on the database ``environ``'s ``LOUPE_DATABASE_URL`` names, when it names
+    one (``make up`` on PostgreSQL: migrated, keys created and jobs kept there); else on the
+    stack's own SQLite file."""
+    url = environ.get("LOUPE_DATABASE_URL")
+    return replace(DEV_STACK, overrides={"LOUPE_DATABASE_URL": url}) if url else DEV_STACK
+
+
 def up(paths: StackPaths, plan: StackPlan = DEV_STACK, timeout: float = READY_TIMEOUT_S) -> int:
     """``up``: start the stack unless it already runs (then say so); 0 when up, 1 on failure.
 
@@ -506,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     paths = StackPaths.at(args.dev_dir)
     if args.command == "up":
-        return up(paths, timeout=args.timeout)
+        return up(paths, dev_stack(os.environ), timeout=args.timeout)
     if args.command == "down":
         return down(paths)
     return status(paths)

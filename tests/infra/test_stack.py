@@ -18,14 +18,17 @@ from typing import Any
 
 import pytest
 import requests
+from sqlalchemy import create_engine, text
 
 from infra.localstack import demo
 from infra.localstack.parts import Part
 from infra.localstack.servers import ServerProcess, make_s3_client, redis_ping
 from infra.localstack.stack import (
+    DEV_STACK,
     PARTS,
     StackPaths,
     StackPlan,
+    dev_stack,
     down,
     local_app_parts,
     main,
@@ -35,15 +38,22 @@ from infra.localstack.stack import (
     up,
     write_env_file,
 )
+from services.db.engine import normalize_url
+from tests.conftest import _fresh_postgres_database
 from tests.support.nginx import NO_NGINX
 
 PYTHON = sys.executable
-_CHECK_ENV = (
-    "import os, sys; "
-    "assert os.environ['LOUPE_S3_BUCKET'] == 'loupe-images', os.environ; "
-    "assert os.environ['LOUPE_DATABASE_URL'].startswith('sqlite:////'); "
-    "assert os.environ['LOUPE_BROKER_URL'].startswith('redis://127.0.0.1:'); "
-)
+
+
+def _check_env(database_prefix: str = "sqlite:////") -> str:
+    """Code a stand-in runs first: its environment is the stack's."""
+    return (
+        "import os, sys; "
+        "assert os.environ['LOUPE_S3_BUCKET'] == 'loupe-images', os.environ; "
+        f"assert os.environ['LOUPE_DATABASE_URL'].startswith({database_prefix!r}); "
+        "assert os.environ['LOUPE_BROKER_URL'].startswith('redis://127.0.0.1:'); "
+    )
+
 
 _CHECK_WEBHOOK_ENV = (
     "assert os.environ['LOUPE_WEBHOOK_ALLOW_HTTP'] == 'true'; "
@@ -54,10 +64,14 @@ _WEBHOOKS = "import time; print('loupe-webhooks@test ready.', flush=True); time.
 _DISPATCHER = "import time; print('dispatcher ready.', flush=True); time.sleep(600)"
 
 
-def fake_plan(tmp_path: Path, *, worker_script: str = _WORKER) -> StackPlan:
+def fake_plan(
+    tmp_path: Path, *, worker_script: str = _WORKER, database_prefix: str = "sqlite:////"
+) -> StackPlan:
     """The dev stack's plan with stand-in commands: the real parts' readiness checks and URL,
     ``http.server`` serving a ``healthz`` file as the API behind the real proxy (nginx; the test
-    skips without it), scripts that log ``ready.``."""
+    skips without it), scripts that log ``ready.`` once their database URL starts with
+    ``database_prefix``."""
+    check_env = _check_env(database_prefix)
     www = tmp_path / "www"
     www.mkdir(exist_ok=True)
     (www / "healthz").write_text("ok")
@@ -71,14 +85,14 @@ def fake_plan(tmp_path: Path, *, worker_script: str = _WORKER) -> StackPlan:
         return [
             replace(api, argv=(PYTHON, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(www), port)),
             proxy,
-            replace(worker, argv=(PYTHON, "-c", _CHECK_ENV + worker_script)),
-            replace(webhooks, argv=(PYTHON, "-c", _CHECK_ENV + _CHECK_WEBHOOK_ENV + _WEBHOOKS)),
-            replace(dispatcher, argv=(PYTHON, "-c", _CHECK_ENV + _DISPATCHER)),
+            replace(worker, argv=(PYTHON, "-c", check_env + worker_script)),
+            replace(webhooks, argv=(PYTHON, "-c", check_env + _CHECK_WEBHOOK_ENV + _WEBHOOKS)),
+            replace(dispatcher, argv=(PYTHON, "-c", check_env + _DISPATCHER)),
         ]  # fmt: skip
 
     return StackPlan(
         app_parts=stand_ins,
-        migrate=(PYTHON, "-c", _CHECK_ENV + "print('migrated')"),
+        migrate=(PYTHON, "-c", check_env + "print('migrated')"),
         create_key=lambda name, role: [PYTHON, "-c", "import sys; print('noise'); print('key-' + sys.argv[1] + '-' + sys.argv[2])", name, role],
     )  # fmt: skip
 
@@ -180,6 +194,38 @@ def test_up_replaces_a_partial_stack(paths: StackPaths, tmp_path: Path, capsys) 
         assert part_states(paths) == dict.fromkeys(PARTS, "running")
     finally:
         down(paths)
+
+
+def test_dev_stack_runs_on_the_callers_database_url() -> None:
+    url = "postgresql+psycopg://loupe@db.internal:5432/loupe"
+    assert dev_stack({"LOUPE_DATABASE_URL": url}).overrides == {"LOUPE_DATABASE_URL": url}
+    assert dev_stack({"LOUPE_DATABASE_URL": ""}) == dev_stack({}) == DEV_STACK
+    assert DEV_STACK.overrides == {}
+
+
+@pytest.mark.postgres
+def test_up_on_postgres_migrates_and_keeps_that_database(paths: StackPaths, tmp_path: Path) -> None:
+    """``LOUPE_DATABASE_URL=postgresql+psycopg://... make up``: the real migration and key
+    creation run there, and the stack's processes get it."""
+    for url in _fresh_postgres_database():
+        database = normalize_url(url)
+        plan = replace(
+            fake_plan(tmp_path, database_prefix=database),
+            migrate=DEV_STACK.migrate,
+            create_key=DEV_STACK.create_key,
+            overrides=dev_stack({"LOUPE_DATABASE_URL": database}).overrides,
+        )
+        try:
+            assert up(paths, plan, timeout=60) == 0
+            assert read_env_file(paths.env_file)["LOUPE_DATABASE_URL"] == database
+            assert not (paths.dev / "loupe.db").exists()
+            engine = create_engine(database)
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                assert conn.execute(text("SELECT count(*) FROM api_keys")).scalar() == 2
+            engine.dispose()
+        finally:
+            down(paths)
 
 
 def test_main_status_without_a_stack_exits_1(tmp_path: Path) -> None:
