@@ -289,3 +289,12 @@ service_leases = Table(
     Column("holder", String(128), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
 )
+
+# ------------------------------------------------------------------------- webhook schedule (0011)
+# Webhook retries are scheduled here, not in the broker: beat's sweep publishes every pending
+# event whose ``next_attempt_at`` has come (services/webhooks/dispatch.py). ``dispatched_until``:
+# an attempt of the event is out (its message published, or its POST claimed) and the sweep
+# leaves the event alone until then; NULL: nothing is out.
+webhook_events.append_column(Column("dispatched_until", UTCDateTime(), nullable=True))
+# The sweep's query, every few seconds: pending events by due time, without reading the rest.
+Index("ix_webhook_events_due", webhook_events.c.state, webhook_events.c.next_attempt_at)
