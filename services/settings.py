@@ -117,6 +117,9 @@ class Settings:
     webhook_retry_schedule: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
     webhook_timeout_seconds: float = 10.0
     webhook_secret_overlap_seconds: int = 86400
+    # How often beat's sweep publishes the webhook attempts that have come due: retries live in
+    # SQL, so this is how late a retry may go out after its time.
+    webhook_sweep_seconds: int = 5
     # Admin monitoring (services/admin, workers/heartbeat.py).
     heartbeat_seconds: int = 5
     heartbeat_ttl_seconds: int = 15
@@ -417,6 +420,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         webhook_secret_overlap_seconds=_int(
             env, "WEBHOOK_SECRET_OVERLAP_SECONDS", defaults.webhook_secret_overlap_seconds
         ),
+        webhook_sweep_seconds=_int(env, "WEBHOOK_SWEEP_SECONDS", defaults.webhook_sweep_seconds, 1),
         heartbeat_seconds=_int(env, "HEARTBEAT_SECONDS", defaults.heartbeat_seconds, 1),
         heartbeat_ttl_seconds=_int(env, "HEARTBEAT_TTL_SECONDS", defaults.heartbeat_ttl_seconds, 2),
         metrics_token=_opt(env, "METRICS_TOKEN"),

@@ -51,10 +51,12 @@ def make_celery(settings: Settings) -> Celery:
                 "schedule": float(settings.expiry_sweep_seconds),
                 "options": {"expires": float(settings.expiry_sweep_seconds)},
             },
-            "requeue-overdue-webhooks": {
-                "task": "loupe.maintenance.requeue_overdue_webhooks",
-                "schedule": 60.0,
-                "options": {"expires": 60.0},
+            # Webhook retries are due times in SQL, not countdown messages: this publishes
+            # the attempts that have come due, so it runs often.
+            "dispatch-due-webhooks": {
+                "task": "loupe.maintenance.dispatch_due_webhooks",
+                "schedule": float(settings.webhook_sweep_seconds),
+                "options": {"expires": float(settings.webhook_sweep_seconds)},
             },
             "remove-old-job-data": {
                 "task": "loupe.maintenance.remove_old_data",

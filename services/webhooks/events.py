@@ -15,9 +15,10 @@ from services.jobs.presenter import job_to_public
 from services.jobs.types import Job
 from services.settings import Settings
 from services.types import JobStatus
+from services.webhooks.dispatch import claim_window, dispatch
 from services.webhooks.queue import WebhookQueue
 from services.webhooks.store import WebhookStore
-from services.webhooks.types import EventState, EventType, NewWebhookEvent, new_event_id
+from services.webhooks.types import EventType, NewWebhookEvent, new_event_id
 
 
 def event_type_for(job: Job) -> EventType | None:
@@ -38,7 +39,7 @@ def _timestamp(value: datetime) -> str:
 
 
 class WebhookEvents:
-    """A ``JobEvents`` sink: store the event, then enqueue its first delivery attempt."""
+    """A ``JobEvents`` sink: store the event, then publish its first attempt if it is due now."""
 
     def __init__(
         self,
@@ -55,33 +56,37 @@ class WebhookEvents:
 
     def job_changed(self, job: Job) -> None:
         type_ = event_type_for(job)
-        if type_ is None or job.webhook_url is None:
+        if type_ is None:
             return
         now = self._clock()
-        delay = self._settings.webhook_retry_schedule[0]
-        created = self._store.insert_event(
-            NewWebhookEvent(
-                id=new_event_id(),
-                job_id=job.id,
-                owner_id=job.owner_id,
-                type=type_,
-                url=job.webhook_url,
-                payload={
-                    "type": type_.value,
-                    "timestamp": _timestamp(now),
-                    "data": job_to_public(job),
-                },
-                created_at=now,
-                next_attempt_at=now + timedelta(seconds=delay),
-            )
-        )
-        event = self._store.find_event(job.id, type_)
-        if event is None:
+        event_id = self._stored_event_id(job, type_, now)
+        if event_id is None:
             return
-        if not created and (
-            event.state is not EventState.PENDING or self._store.last_attempt_number(event.id)
-        ):
-            return  # a repeated notification (redelivered start): the event is on its way
-        # A repeat of a never-attempted event enqueues again: the first enqueue may have failed
-        # after the insert; the attempt claim makes a duplicate message harmless.
-        self._queue.enqueue_delivery(event.id, 1, countdown=delay)
+        # Publishes only an attempt that is due and not out: the first attempt (when the schedule
+        # starts at 0), or, for a repeat, one whose publish failed after the insert. A later
+        # first attempt, and every retry, is published by beat's sweep when due.
+        window = claim_window(self._settings.webhook_timeout_seconds)
+        dispatch(self._store, self._queue, event_id, now, window)
+
+    def _stored_event_id(self, job: Job, type_: EventType, now: datetime) -> str | None:
+        """The id of the job's event of ``type_``, inserted now unless it exists already (a
+        repeated notification, such as a redelivered start, makes no second event)."""
+        event = self._new_event(job, type_, now)
+        if self._store.insert_event(event):
+            return event.id
+        existing = self._store.find_event(job.id, type_)
+        return None if existing is None else existing.id
+
+    def _new_event(self, job: Job, type_: EventType, now: datetime) -> NewWebhookEvent:
+        assert job.webhook_url is not None
+        delay = self._settings.webhook_retry_schedule[0]
+        return NewWebhookEvent(
+            id=new_event_id(),
+            job_id=job.id,
+            owner_id=job.owner_id,
+            type=type_,
+            url=job.webhook_url,
+            payload={"type": type_.value, "timestamp": _timestamp(now), "data": job_to_public(job)},
+            created_at=now,
+            next_attempt_at=now + timedelta(seconds=delay),
+        )

@@ -1,7 +1,9 @@
 """Enqueueing webhook deliveries: the ``WebhookQueue`` Protocol and its Celery adapter.
 
 Producer-only, by task *name*, on its own queue (``LOUPE_WEBHOOK_QUEUE``) that only the
-webhooks worker consumes, so deliveries never take a GPU worker's slot.
+webhooks worker consumes, so deliveries never take a GPU worker's slot. A message is published
+only when its attempt is due (``services/webhooks/dispatch.py``): there is no countdown here, so
+no later attempt ever waits in the broker.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ DELIVER_TASK = "loupe.webhooks.deliver"
 
 
 class WebhookQueue(Protocol):
-    def enqueue_delivery(self, event_id: str, attempt: int, countdown: float = 0) -> None:
-        """Run attempt number ``attempt`` of ``event_id`` in ``countdown`` seconds."""
+    def enqueue_delivery(self, event_id: str, attempt: int) -> None:
+        """Run attempt number ``attempt`` of ``event_id`` now."""
         ...
 
 
@@ -27,13 +29,8 @@ class CeleryWebhookQueue:
         self._queue = settings.webhook_queue
         self._producer = CeleryProducer(settings, "loupe-webhook-producer")
 
-    def enqueue_delivery(self, event_id: str, attempt: int, countdown: float = 0) -> None:
-        self._producer.send(
-            DELIVER_TASK,
-            [event_id, attempt],
-            self._queue,
-            countdown=countdown if countdown > 0 else None,
-        )
+    def enqueue_delivery(self, event_id: str, attempt: int) -> None:
+        self._producer.send(DELIVER_TASK, [event_id, attempt], self._queue)
 
     def close(self) -> None:
         self._producer.close()

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from services.errors import Conflict
+from services.errors import Conflict, Unavailable
 from services.jobs.store import JobReader
 from services.settings import Settings
+from services.webhooks.dispatch import claim_window, dispatch
 from services.webhooks.queue import WebhookQueue
 from services.webhooks.store import WebhookStore
 from services.webhooks.types import DeliveryAttempt, WebhookEvent, WebhookSecret, new_secret
+
+log = logging.getLogger("loupe.webhooks")
 
 
 @dataclass(frozen=True)
@@ -61,10 +65,11 @@ class WebhookService:
         return [EventLog(e, attempts[e.id]) for e in events]
 
     def redeliver(self, job_id: str, owner_id: str) -> EventLog:
-        """Send the job's latest event again: a new attempt with the same ``webhook-id``.
+        """Send the job's latest event again: a new attempt with the same ``webhook-id``, due now.
 
         The redelivery runs the full retry schedule again if it fails. 409 if the job has no
-        webhook events.
+        webhook events. With the broker down it is still accepted: the event is due in SQL, and
+        beat's sweep publishes it once the broker is back.
         """
         self._jobs.get_for_owner(job_id, owner_id)
         events = self._store.events_for_job(job_id)
@@ -73,8 +78,15 @@ class WebhookService:
                 f"Job {job_id} has no webhook events to redeliver.", code="no_webhook_events"
             )
         latest = events[-1]
-        attempt = self._store.last_attempt_number(latest.id) + 1
-        self._store.restart_event(latest.id, attempt, self._clock())
-        self._queue.enqueue_delivery(latest.id, attempt)
+        now = self._clock()
+        self._store.restart_event(latest.id, self._store.last_attempt_number(latest.id) + 1, now)
+        self._publish(latest.id, now)
         event = self._store.get_event(latest.id)
         return EventLog(event, self._store.attempts_for([event.id])[event.id])
+
+    def _publish(self, event_id: str, now: datetime) -> None:
+        window = claim_window(self._settings.webhook_timeout_seconds)
+        try:
+            dispatch(self._store, self._queue, event_id, now, window)
+        except Unavailable:
+            log.warning("broker unavailable; the sweep publishes redelivery %s", event_id)

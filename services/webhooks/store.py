@@ -2,6 +2,8 @@
 
 Idempotence lives in unique keys: one event per (job, event type), and one attempt row per
 (event, attempt number), inserted BEFORE the POST, so a duplicated task message cannot post twice.
+The retry schedule lives on the event row (``next_attempt_at``, ``dispatched_until``); the rules
+are in ``services/webhooks/dispatch.py``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, and_, case, func, insert, select, update
+from sqlalchemy import ColumnElement, Engine, and_, case, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
@@ -23,6 +25,7 @@ from services.webhooks.types import (
     EventState,
     EventType,
     NewWebhookEvent,
+    NextStep,
     WebhookEvent,
     WebhookSecret,
 )
@@ -40,17 +43,30 @@ class WebhookStore(Protocol):
     def events_for_job(self, job_id: str) -> list[WebhookEvent]: ...
     def attempts_for(self, event_ids: list[str]) -> dict[str, list[DeliveryAttempt]]: ...
     def last_attempt_number(self, event_id: str) -> int: ...
+    def last_attempt(self, event_id: str) -> DeliveryAttempt | None: ...
+    def due_events(self, now: datetime, limit: int) -> list[str]: ...
+    def take_due(self, event_id: str, now: datetime, until: datetime) -> bool: ...
+    def hold(self, event_id: str, until: datetime | None) -> None: ...
+    def schedule_next(self, event_id: str, due: datetime) -> None: ...
+    def restart_event(self, event_id: str, first_attempt: int, now: datetime) -> None: ...
     def claim_attempt(
-        self, event_id: str, attempt: int, now: datetime, stale_before: datetime
+        self,
+        event_id: str,
+        attempt: int,
+        now: datetime,
+        stale_cutoff: datetime,
+        held_until: datetime,
     ) -> bool: ...
     def complete_attempt(
-        self, event_id: str, attempt: int, now: datetime, result: AttemptResult
-    ) -> None: ...
-    def schedule_next(self, event_id: str, next_attempt_at: datetime) -> None: ...
-    def finish_event(self, event_id: str, state: EventState, now: datetime) -> bool: ...
-    def restart_event(self, event_id: str, first_attempt: int, now: datetime) -> None: ...
+        self,
+        event_id: str,
+        attempt: int,
+        claimed_at: datetime,
+        now: datetime,
+        result: AttemptResult,
+        then: NextStep,
+    ) -> bool: ...
     def attempt_outcomes(self) -> dict[str, int]: ...
-    def overdue_pending(self, before: datetime, limit: int) -> list[str]: ...
 
 
 class SqlWebhookStore:
@@ -170,69 +186,45 @@ class SqlWebhookStore:
             ).scalar_one()
         return int(value or 0)
 
-    # ------------------------------------------------------------------ attempts
+    def last_attempt(self, event_id: str) -> DeliveryAttempt | None:
+        """The event's highest-numbered attempt, completed or not."""
+        return max(self.attempts_for([event_id])[event_id], key=lambda a: a.attempt, default=None)
 
-    def claim_attempt(
-        self, event_id: str, attempt: int, now: datetime, stale_before: datetime
-    ) -> bool:
-        """Claim attempt ``attempt`` (insert its row); False if another task has it.
+    # ------------------------------------------------------------------ schedule
 
-        An attempt claimed before ``stale_before`` and never completed belongs to a worker that
-        died mid-POST; it is taken over (the broker redelivered that worker's message).
-        """
-        try:
-            with writing(self._engine) as conn:
-                conn.execute(
-                    insert(webhook_attempts).values(
-                        event_id=event_id, attempt=attempt, attempted_at=now
-                    )
-                )
-            return True
-        except IntegrityError:
-            pass
+    def due_events(self, now: datetime, limit: int) -> list[str]:
+        """Pending events whose next attempt is due by ``now`` and not out (oldest due first)."""
+        with reading(self._engine) as conn:
+            rows = conn.execute(
+                select(webhook_events.c.id)
+                .where(_due(now))
+                .order_by(webhook_events.c.next_attempt_at)
+                .limit(limit)
+            )
+            return [row[0] for row in rows]
+
+    def take_due(self, event_id: str, now: datetime, until: datetime) -> bool:
+        """Compare-and-set: mark the due event's next attempt out until ``until``; False if it
+        is not due, or another publisher took it first."""
         with writing(self._engine) as conn:
             result = conn.execute(
-                update(webhook_attempts)
-                .where(
-                    webhook_attempts.c.event_id == event_id,
-                    webhook_attempts.c.attempt == attempt,
-                    webhook_attempts.c.completed_at.is_(None),
-                    webhook_attempts.c.attempted_at < stale_before,
-                )
-                .values(attempted_at=now)
+                update(webhook_events)
+                .where(webhook_events.c.id == event_id, _due(now))
+                .values(dispatched_until=until)
             )
         return result.rowcount == 1
 
-    def complete_attempt(
-        self, event_id: str, attempt: int, now: datetime, result: AttemptResult
-    ) -> None:
-        with writing(self._engine) as conn:
-            conn.execute(
-                update(webhook_attempts)
-                .where(
-                    webhook_attempts.c.event_id == event_id,
-                    webhook_attempts.c.attempt == attempt,
-                )
-                .values(
-                    completed_at=now,
-                    http_status=result.http_status,
-                    latency_ms=result.latency_ms,
-                    error=result.error,
-                    response_body=result.response_body,
-                )
-            )
+    def hold(self, event_id: str, until: datetime | None) -> None:
+        """Leave the pending event alone until ``until`` (None: publish it whenever it is due)."""
+        self._update_pending(event_id, dispatched_until=until)
 
-    def schedule_next(self, event_id: str, next_attempt_at: datetime) -> None:
-        self._update_pending(event_id, next_attempt_at=next_attempt_at)
-
-    def finish_event(self, event_id: str, state: EventState, now: datetime) -> bool:
-        """pending → delivered | failed; False if it was not pending."""
-        return self._update_pending(
-            event_id, state=state.value, finished_at=now, next_attempt_at=None
-        )
+    def schedule_next(self, event_id: str, due: datetime) -> None:
+        """The pending event's next attempt is due at ``due``; nothing of it is out."""
+        self._update_pending(event_id, next_attempt_at=due, dispatched_until=None)
 
     def restart_event(self, event_id: str, first_attempt: int, now: datetime) -> None:
-        """Put an event back to pending for a redelivery starting at ``first_attempt``."""
+        """Put an event back to pending, due now, for a redelivery starting at
+        ``first_attempt``."""
         with writing(self._engine) as conn:
             conn.execute(
                 update(webhook_events)
@@ -241,23 +233,83 @@ class SqlWebhookStore:
                     state=EventState.PENDING.value,
                     run_first_attempt=first_attempt,
                     next_attempt_at=now,
+                    dispatched_until=None,
                     finished_at=None,
                 )
             )
 
-    def overdue_pending(self, before: datetime, limit: int) -> list[str]:
-        """Pending events whose next attempt was due before ``before`` (oldest first)."""
-        with reading(self._engine) as conn:
-            rows = conn.execute(
-                select(webhook_events.c.id)
-                .where(
-                    webhook_events.c.state == EventState.PENDING.value,
-                    webhook_events.c.next_attempt_at < before,
+    # ------------------------------------------------------------------ attempts
+
+    def claim_attempt(
+        self,
+        event_id: str,
+        attempt: int,
+        now: datetime,
+        stale_cutoff: datetime,
+        held_until: datetime,
+    ) -> bool:
+        """Claim attempt ``attempt`` (insert its row); False if another task has it.
+
+        An attempt claimed at or before ``stale_cutoff`` and never completed belongs to a worker
+        that died mid-POST; it is taken over. A claim also holds the event until ``held_until``
+        (when this claim turns stale), so the sweep publishes nothing of it while the POST runs.
+        """
+        try:
+            with writing(self._engine) as conn:
+                conn.execute(
+                    insert(webhook_attempts).values(
+                        event_id=event_id, attempt=attempt, attempted_at=now
+                    )
                 )
-                .order_by(webhook_events.c.next_attempt_at)
-                .limit(limit)
+                _hold_pending(conn, event_id, held_until)
+            return True
+        except IntegrityError:
+            pass
+        with writing(self._engine) as conn:
+            taken = conn.execute(
+                update(webhook_attempts)
+                .where(
+                    _attempt_row(event_id, attempt),
+                    webhook_attempts.c.completed_at.is_(None),
+                    webhook_attempts.c.attempted_at <= stale_cutoff,
+                )
+                .values(attempted_at=now)
             )
-            return [row[0] for row in rows]
+            if taken.rowcount != 1:
+                return False
+            _hold_pending(conn, event_id, held_until)
+        return True
+
+    def complete_attempt(
+        self,
+        event_id: str,
+        attempt: int,
+        claimed_at: datetime,
+        now: datetime,
+        result: AttemptResult,
+        then: NextStep,
+    ) -> bool:
+        """Record the attempt's result and the event's next step in one transaction. False,
+        and nothing written, if the claim made at ``claimed_at`` was taken over as stale."""
+        outcome = {name: getattr(result, name) for name in _RESULT_COLUMNS}
+        with writing(self._engine) as conn:
+            recorded = conn.execute(
+                update(webhook_attempts)
+                .where(
+                    _attempt_row(event_id, attempt),
+                    webhook_attempts.c.attempted_at == claimed_at,
+                    webhook_attempts.c.completed_at.is_(None),
+                )
+                .values(completed_at=now, **outcome)
+            )
+            if recorded.rowcount != 1:
+                return False
+            conn.execute(
+                update(webhook_events)
+                .where(webhook_events.c.id == event_id, _pending())
+                .values(_next_step_values(then, now))
+            )
+        return True
 
     def attempt_outcomes(self) -> dict[str, int]:
         """Delivery attempts so far by outcome: ``success`` (2xx), ``failure`` (another status or
@@ -275,15 +327,51 @@ class SqlWebhookStore:
         with writing(self._engine) as conn:
             result = conn.execute(
                 update(webhook_events)
-                .where(
-                    and_(
-                        webhook_events.c.id == event_id,
-                        webhook_events.c.state == EventState.PENDING.value,
-                    )
-                )
+                .where(webhook_events.c.id == event_id, _pending())
                 .values(**values)
             )
         return result.rowcount == 1
+
+
+def _pending() -> ColumnElement[bool]:
+    return webhook_events.c.state == EventState.PENDING.value
+
+
+def _due(now: datetime) -> ColumnElement[bool]:
+    """Pending, its next attempt due by ``now``, and nothing of it out."""
+    out_until = webhook_events.c.dispatched_until
+    return and_(
+        _pending(),
+        webhook_events.c.next_attempt_at <= now,
+        or_(out_until.is_(None), out_until <= now),
+    )
+
+
+def _attempt_row(event_id: str, attempt: int) -> ColumnElement[bool]:
+    return and_(webhook_attempts.c.event_id == event_id, webhook_attempts.c.attempt == attempt)
+
+
+def _hold_pending(conn: Connection, event_id: str, until: datetime) -> None:
+    conn.execute(
+        update(webhook_events)
+        .where(webhook_events.c.id == event_id, _pending())
+        .values(dispatched_until=until)
+    )
+
+
+_RESULT_COLUMNS = ("http_status", "latency_ms", "error", "response_body")
+
+
+def _next_step_values(then: NextStep, now: datetime) -> dict[str, Any]:
+    """The event's columns after an attempt: finished, or due again at ``then.due``."""
+    if then.final:
+        return {
+            "state": then.state.value,
+            "next_attempt_at": None,
+            "dispatched_until": None,
+            "finished_at": now,
+        }
+    return {"next_attempt_at": then.due, "dispatched_until": None}
 
 
 def _secret(conn: Connection, owner_id: str) -> WebhookSecret | None:

@@ -88,8 +88,9 @@ class WebhookEvent:
     created_at: datetime
     state: EventState
     run_first_attempt: int = 1
-    next_attempt_at: datetime | None = None
+    next_attempt_at: datetime | None = None  # when the next attempt is due (pending only)
     finished_at: datetime | None = None
+    dispatched_until: datetime | None = None  # an attempt is out until then (see dispatch.py)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,18 @@ class DeliveryAttempt:
     latency_ms: int | None = None
     error: str | None = None
     response_body: str | None = None
+
+
+@dataclass(frozen=True)
+class NextStep:
+    """What follows an attempt: a final ``state``, or (``PENDING``) the next attempt at ``due``."""
+
+    state: EventState
+    due: datetime | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state is not EventState.PENDING
 
 
 @dataclass(frozen=True)

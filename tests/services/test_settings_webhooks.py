@@ -17,6 +17,7 @@ def test_webhook_settings_defaults():
     assert settings.webhook_retry_schedule == (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
     assert settings.webhook_timeout_seconds == 10
     assert settings.webhook_secret_overlap_seconds == 86400
+    assert settings.webhook_sweep_seconds == 5
 
 
 def test_webhook_settings_parse():
@@ -27,6 +28,7 @@ def test_webhook_settings_parse():
             "LOUPE_WEBHOOK_RETRY_SCHEDULE": "0,0.5,2",
             "LOUPE_WEBHOOK_QUEUE": "hooks",
             "LOUPE_WEBHOOK_SECRET_OVERLAP_SECONDS": "60",
+            "LOUPE_WEBHOOK_SWEEP_SECONDS": "1",
         }
     )
     assert settings.webhook_allow_http is True
@@ -34,6 +36,7 @@ def test_webhook_settings_parse():
     assert settings.webhook_retry_schedule == (0, 0.5, 2)
     assert settings.webhook_queue == "hooks"
     assert settings.webhook_secret_overlap_seconds == 60
+    assert settings.webhook_sweep_seconds == 1
 
 
 @pytest.mark.parametrize(
@@ -46,6 +49,7 @@ def test_webhook_settings_parse():
         ("WEBHOOK_RETRY_SCHEDULE", "0,-5"),
         ("WEBHOOK_TIMEOUT_SECONDS", "0"),
         ("WEBHOOK_CONCURRENCY", "0"),
+        ("WEBHOOK_SWEEP_SECONDS", "0"),
     ],
 )
 def test_webhook_settings_refuse_bad_values(name, value):

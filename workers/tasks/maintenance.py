@@ -1,23 +1,20 @@
 """Thin periodic task shells (scheduled by Celery beat): expiry, retention (jobs and uploaded
-files) and webhook sweeps. Lost jobs are the dispatcher's (``services.dispatch``)."""
+files), and the webhook sweep that publishes due attempts. Lost jobs are the dispatcher's
+(``services.dispatch``)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from celery import Task, shared_task
 
 from services.jobs.maintenance import expire_overdue, remove_old_data
-from services.webhooks.sweep import requeue_overdue
+from services.webhooks.dispatch import claim_window, dispatch_due
 from workers.roots import roots_of
 
 EXPIRE_TASK = "loupe.maintenance.expire_overdue"
 RETENTION_TASK = "loupe.maintenance.remove_old_data"
-WEBHOOK_SWEEP_TASK = "loupe.maintenance.requeue_overdue_webhooks"
-# An attempt this late lost its message (its worker died, or the broker was down); longer than
-# a POST's timeout plus the stale-claim margin, so a slow attempt is never taken for lost.
-WEBHOOK_GRACE = timedelta(minutes=5)
+WEBHOOK_SWEEP_TASK = "loupe.maintenance.dispatch_due_webhooks"
 
 
 @shared_task(name=EXPIRE_TASK, bind=True, ignore_result=True)
@@ -38,6 +35,8 @@ def remove_old_job_data(self: Task[Any, Any]) -> int:
 
 
 @shared_task(name=WEBHOOK_SWEEP_TASK, bind=True, ignore_result=True)
-def requeue_overdue_webhooks(self: Task[Any, Any]) -> int:
-    deliveries = roots_of(self.app).light().deliveries
-    return requeue_overdue(deliveries.store, deliveries.queue, deliveries.clock(), WEBHOOK_GRACE)
+def dispatch_due_webhooks(self: Task[Any, Any]) -> int:
+    """Publish every webhook attempt that has come due: retries are scheduled in SQL."""
+    hooks = roots_of(self.app).light().deliveries
+    window = claim_window(hooks.settings.webhook_timeout_seconds)
+    return dispatch_due(hooks.store, hooks.queue, hooks.clock(), window)
