@@ -180,9 +180,14 @@ def e2e_key(e2e_api: ApiUnderTest) -> str:
     return e2e_api.keys.create("e2e", Role.USER, utcnow())[1]
 
 
-def start_webhook_worker(env: dict[str, str], log: Path, name: str) -> ServerProcess:
-    """A Celery worker on the ``webhooks`` queue only (threads pool, no model loaded, no beat)."""
-    part = light_worker_part(env, node=name, queues="webhooks")
+def start_webhook_worker(
+    env: dict[str, str], log: Path, name: str, *, beat_schedule: Path | None = None
+) -> ServerProcess:
+    """A light worker (threads pool, no model loaded): on the ``webhooks`` queue only, or with
+    ``beat_schedule`` also on ``maintenance`` with beat embedded, so the sweeps run (the webhook
+    sweep publishes retries as they come due)."""
+    queues = "webhooks" if beat_schedule is None else "webhooks,maintenance"
+    part = light_worker_part(env, node=name, queues=queues, beat_schedule=beat_schedule)
     return start_part(part, _isolated(env), log, timeout=120)
 
 
