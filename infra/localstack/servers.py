@@ -461,8 +461,10 @@ def start_redis(
     detached: bool = False,
     log_path: Path | None = None,
     timeout: float = REDIS_START_TIMEOUT_S,
+    port: int | None = None,
 ) -> RedisServer:
-    """Start a private Redis bound to 127.0.0.1 on a free port, AOF on, RDB snapshots off.
+    """Start a private Redis bound to 127.0.0.1 on a free port (or ``port``: a restart in a
+    fault test), AOF on, RDB snapshots off.
 
     ``workdir`` (created if needed) holds the append-only files; the log defaults to
     ``workdir/redis.log``. ``binary`` defaults to :func:`find_redis_binary`. Returns once the
@@ -474,14 +476,16 @@ def start_redis(
     log = log_path or workdir / "redis.log"
 
     def attempt() -> RedisServer:
-        port = free_port()
-        process = spawn(_redis_argv(executable, port, workdir), log, cwd=workdir, detached=detached)
+        listen = port or free_port()
+        process = spawn(
+            _redis_argv(executable, listen, workdir), log, cwd=workdir, detached=detached
+        )
         try:
-            _await_redis(process, port, timeout)
+            _await_redis(process, listen, timeout)
         except BaseException:
             process.stop()
             raise
-        return RedisServer(f"redis://{LOOPBACK}:{port}/0", process, workdir)
+        return RedisServer(f"redis://{LOOPBACK}:{listen}/0", process, workdir)
 
     server: RedisServer = _start_with_retries(attempt, "redis-server")
     return server
