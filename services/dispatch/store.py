@@ -87,20 +87,20 @@ class SqlDispatchStore:
         return [Waiting(job_id, owner, priority, created) for job_id, created in rows]
 
     def mark_dispatched(self, job_ids: Sequence[str], now: datetime) -> list[str]:
-        """Set ``dispatched_at`` on each job still queued and not handed out; those marked,
-        in order. A job canceled or expired meanwhile is skipped."""
-        marked = []
+        """Set ``dispatched_at`` on each job still queued and not handed out (one statement);
+        those marked, in ``job_ids``' order. A job canceled or expired meanwhile is skipped."""
+        if not job_ids:
+            return []
         with writing(self._engine) as conn:
-            for job_id in job_ids:
-                result = conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == job_id, jobs.c.status == QUEUED)
-                    .where(jobs.c.dispatched_at.is_(None))
-                    .values(dispatched_at=now)
-                )
-                if result.rowcount == 1:
-                    marked.append(job_id)
-        return marked
+            rows = conn.execute(
+                update(jobs)
+                .where(jobs.c.id.in_(list(job_ids)), jobs.c.status == QUEUED)
+                .where(jobs.c.dispatched_at.is_(None))
+                .values(dispatched_at=now)
+                .returning(jobs.c.id)
+            ).all()
+        marked = {row[0] for row in rows}
+        return [job_id for job_id in job_ids if job_id in marked]
 
     def undispatch(self, job_ids: Collection[str]) -> int:
         """Back to the backlog: jobs whose message never reached, or left, the broker."""
