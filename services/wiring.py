@@ -16,6 +16,7 @@ from services.clock import utcnow
 from services.db import make_engine
 from services.files.service import FileService
 from services.files.store import SqlFileStore
+from services.jobs.backlog import RedisBacklogBoard
 from services.jobs.events import FanOutJobEvents, JobEvents
 from services.jobs.handoff import RedisDispatchNudge
 from services.jobs.notify import RedisJobNotifier
@@ -55,6 +56,11 @@ def task_producer(stack: ExitStack, settings: Settings) -> CeleryTaskQueue:
 def dispatch_nudge(stack: ExitStack, settings: Settings) -> RedisDispatchNudge:
     """Wakes the dispatcher after a commit; its Redis connection closes with ``stack``."""
     return stack.enter_context(closing(RedisDispatchNudge.from_url(settings.broker_url)))
+
+
+def backlog_board(stack: ExitStack, settings: Settings) -> RedisBacklogBoard:
+    """The dispatcher's backlog snapshots (queue positions); closes with ``stack``."""
+    return stack.enter_context(closing(RedisBacklogBoard.from_url(settings.broker_url)))
 
 
 def webhook_producer(stack: ExitStack, settings: Settings) -> CeleryWebhookQueue:

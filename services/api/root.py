@@ -133,6 +133,7 @@ def _job_service(
     events = wiring.job_events(stack, settings, parts.webhook_store, parts.webhook_queue)
     return JobService(
         settings=settings, store=parts.jobs, blobs=parts.blobs, nudge=parts.nudge,
+        board=wiring.backlog_board(stack, settings),
         registry=parts.registry, clock=utcnow, events=events, quotas=quotas,
         estimator=CostEstimator(TokenizerFileCounter()),
         image_fetcher=RemoteImageFetcher(settings), files=files,

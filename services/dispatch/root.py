@@ -62,6 +62,7 @@ def build_dispatcher(settings: Settings, stack: ExitStack) -> Dispatcher:
         workers=HeartbeatSlots(heartbeats),
         routes=build_registry(settings),
         events=wiring.job_events(stack, settings, webhook_store, webhook_queue),
+        board=wiring.backlog_board(stack, settings),
     )
     margin, attempts = settings.dispatch_margin, settings.max_attempts
     return Dispatcher(ports, margin=margin, max_attempts=attempts, clock=utcnow)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Engine, func, select, update
@@ -24,29 +25,41 @@ QUEUED = JobStatus.QUEUED.value
 RUNNING = JobStatus.RUNNING.value
 
 
+@dataclass(frozen=True)
+class QueueLoad:
+    """A queue's jobs in flight (running or in the broker), those in the broker, per-key loads."""
+
+    in_flight: int
+    handed_out: int
+    keys: dict[str, KeyLoad]
+
+
 class SqlDispatchStore:
     """What one dispatch pass reads (loads, backlog heads) and writes (dispatched marks)."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def in_flight(self, models: Collection[str]) -> tuple[int, dict[str, KeyLoad]]:
-        """(jobs of ``models`` in flight, each key's load). A key's load counts its jobs in
-        flight on these models and on every model (its limit counts them all)."""
+    def in_flight(self, models: Collection[str]) -> QueueLoad:
+        """Jobs in flight: on ``models`` (running or handed out) and each key's load. A key's
+        load counts its jobs in flight on these models and on every model (its limit counts
+        them all)."""
         with reading(self._engine) as conn:
             rows = conn.execute(
-                select(jobs.c.owner_id, jobs.c.model, func.count())
+                select(jobs.c.owner_id, jobs.c.model, jobs.c.status, func.count())
                 .where(_in_flight())
-                .group_by(jobs.c.owner_id, jobs.c.model)
+                .group_by(jobs.c.owner_id, jobs.c.model, jobs.c.status)
             ).all()
         on_queue: Counter[str] = Counter()
         anywhere: Counter[str] = Counter()
-        for owner, model, count in rows:
+        handed_out = 0
+        for owner, model, status, count in rows:
             anywhere[owner] += count
             if model in models:
                 on_queue[owner] += count
+                handed_out += count if status == QUEUED else 0
         loads = {owner: KeyLoad(on_queue[owner], anywhere[owner]) for owner in anywhere}
-        return sum(on_queue.values()), loads
+        return QueueLoad(sum(on_queue.values()), handed_out, loads)
 
     def limits(self, owners: Collection[str]) -> dict[str, int]:
         """Each of ``owners``' in-flight limit (``max_running``/``max_concurrency``), if any."""
@@ -61,16 +74,18 @@ class SqlDispatchStore:
         limits = {key: [n for n in (a, b) if n is not None] for key, a, b in rows}
         return {key: min(values) for key, values in limits.items() if values}
 
-    def waiting_owners(self, models: Collection[str]) -> list[tuple[Priority, str]]:
-        """(priority, key) of every key with jobs of ``models`` waiting, highest class first."""
+    def waiting(self, models: Collection[str]) -> dict[Priority, dict[str, int]]:
+        """Jobs of ``models`` waiting (not handed out), per priority class and key."""
         with reading(self._engine) as conn:
             rows = conn.execute(
-                select(jobs.c.priority, jobs.c.owner_id)
+                select(jobs.c.priority, jobs.c.owner_id, func.count())
                 .where(*_waiting(models))
                 .group_by(jobs.c.priority, jobs.c.owner_id)
             ).all()
-        found = [(Priority(p), owner) for p, owner in rows]
-        return sorted(found, key=lambda pair: (pair[0].broker_priority, pair[1]))
+        found: dict[Priority, dict[str, int]] = {}
+        for priority, owner, count in rows:
+            found.setdefault(Priority(priority), {})[owner] = int(count)
+        return found
 
     def oldest(
         self, models: Collection[str], priority: Priority, owner: str, limit: int

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from services.catalog.registry import ModelRegistry
 from services.catalog.spec import ModelSpec
 from services.errors import Conflict, InvalidInput
+from services.jobs.backlog import BacklogBoard
 from services.jobs.events import JobEvents
 from services.jobs.handoff import DispatchNudge
 from services.jobs.store import Cursor, JobFilter, JobSubmitStore
@@ -97,6 +98,9 @@ class Submission:
 
 # Throughput over this window estimates when a queued job will start.
 THROUGHPUT_WINDOW = timedelta(minutes=5)
+# A queue position counts at most this many of the job's own key's older jobs (beyond it, the
+# position is a lower bound): a poll deep in a huge backlog costs what a shallow one does.
+OWN_AHEAD_CAP = 1_000
 
 
 def new_job_id() -> str:
@@ -111,6 +115,7 @@ class JobService:
         store: JobSubmitStore,
         blobs: BlobStore,
         nudge: DispatchNudge,
+        board: BacklogBoard,
         registry: ModelRegistry,
         clock: Callable[[], datetime],
         events: JobEvents,
@@ -128,6 +133,7 @@ class JobService:
         self._store = store
         self._blobs = blobs
         self._nudge = nudge
+        self._board = board
         self._registry = registry
         self._clock = clock
         self._limits = ImageLimits.from_settings(settings)
@@ -254,11 +260,23 @@ class JobService:
         models = None
         if len(self._registry.queues()) > 1:
             models = self._registry.models_on(self._registry.queue_for(job.model)) or (job.model,)
-        ahead = self._store.queued_ahead(job, models)
+        ahead = self._ahead(job)
         finished = self._store.completed_since(self._clock() - THROUGHPUT_WINDOW, models)
         rate = finished / THROUGHPUT_WINDOW.total_seconds()
         eta = round(ahead / rate, 1) if rate > 0 else (0.0 if ahead == 0 else None)
         return QueueInfo(position=ahead, estimated_start_seconds=eta)
+
+    def _ahead(self, job: Job) -> int:
+        """Jobs handed out before ``job``, in the dispatcher's order: from its last backlog
+        snapshot and a bounded count of the key's own older jobs. With no snapshot (no
+        dispatcher running) a SQL count, by priority then age."""
+        queue = self._registry.queue_for(job.model)
+        models = self._registry.models_on(queue) or (job.model,)
+        backlog = self._board.read(queue)
+        if backlog is None:
+            return self._store.queued_ahead(job, models)
+        own = self._store.own_ahead(job, models, OWN_AHEAD_CAP)
+        return backlog.position(job.priority, job.owner_id, own)
 
     def cancel(self, job_id: str, owner_id: str) -> Job:
         """Cancel a job: a queued job never runs; a running one has its engine request aborted.

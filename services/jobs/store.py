@@ -82,6 +82,7 @@ class JobReader(Protocol):
         self, owner_id: str, where: JobFilter, limit: int, after: Cursor | None
     ) -> list[Job]: ...
     def queued_ahead(self, job: Job, models: Collection[str] | None = None) -> int: ...
+    def own_ahead(self, job: Job, models: Collection[str], cap: int) -> int: ...
     def completed_since(self, since: datetime, models: Collection[str] | None = None) -> int: ...
 
 
@@ -541,6 +542,26 @@ class SqlJobStore:
             query = query.where(jobs.c.model.in_(list(models)))
         with reading(self._engine) as conn:
             return int(conn.execute(query).scalar_one())
+
+    def own_ahead(self, job: Job, models: Collection[str], cap: int) -> int:
+        """The job's key's waiting jobs (not handed out) of its class on ``models`` that are
+        older: at most
+        ``cap`` are counted (one bounded index range), so the cost never grows past it."""
+        older = (
+            select(jobs.c.id)
+            .where(
+                jobs.c.status == JobStatus.QUEUED.value,
+                jobs.c.model.in_(list(models)),
+                jobs.c.priority == job.priority.value,
+                jobs.c.owner_id == job.owner_id,
+                jobs.c.created_at < job.created_at,
+                jobs.c.dispatched_at.is_(None),  # those in the broker are counted apart
+            )
+            .limit(cap)
+            .subquery()
+        )
+        with reading(self._engine) as conn:
+            return int(conn.execute(select(func.count()).select_from(older)).scalar_one())
 
     def completed_since(self, since: datetime, models: Collection[str] | None = None) -> int:
         query = select(func.count()).select_from(jobs).where(jobs.c.completed_at >= since)
