@@ -68,8 +68,12 @@ def _seconds_postgres(element: seconds_between, compiler: SQLCompiler, **kw: Any
     return f"CAST(EXTRACT(EPOCH FROM ({end} - {start})) AS DOUBLE PRECISION)"
 
 
-def _wait() -> seconds_between:
-    return seconds_between(jobs.c.created_at, jobs.c.started_at)
+def _wait() -> ColumnElement[float]:
+    """Time queued: ``queue_seconds`` (set at claim; a re-run's excludes its time on a dead
+    worker), or, for rows from before it existed, created → started."""
+    return func.coalesce(
+        jobs.c.queue_seconds, seconds_between(jobs.c.created_at, jobs.c.started_at)
+    )
 
 
 def _run() -> seconds_between:

@@ -163,3 +163,13 @@ def test_totals_cache_adds_new_rows_once_and_keeps_settled_ones(db, owner):
     assert later.jobs_by_status == {"succeeded": 2, "failed": 1}
     assert later.queue_wait.count == 3
     assert later == stats.totals()["loupe-tiny-mllama"]
+
+
+def test_queue_wait_is_the_jobs_queue_time_not_its_time_on_a_dead_worker(db, owner):
+    # Created 60 s before it started, but 50 of those were a lost attempt's run: queued 10 s.
+    add_job(db, owner, created=ago(70), status="succeeded", started=ago(10), completed=ago(5),
+            queue_seconds=10.0, prompt_tokens=1, completion_tokens=1)  # fmt: skip
+
+    tiny = SqlJobStats(db).totals()["loupe-tiny-mllama"]
+
+    assert tiny.queue_wait.total == pytest.approx(10.0, abs=0.01)
