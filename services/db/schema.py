@@ -150,8 +150,11 @@ jobs.append_column(Column("estimated_cost_max", Money(), nullable=True))
 usage_ledger = Table(
     "usage_ledger",
     metadata,
-    # One row per billable job, ever: a redelivered or re-run job cannot be billed twice.
+    # One row per billed attempt (migration 0012): a redelivered message or a racing finish
+    # cannot bill an attempt twice, and a job retried after a billed failure (POST
+    # /v1/jobs/{id}/retry) pays for each attempt that did work.
     Column("job_id", String(40), primary_key=True),
+    Column("attempt", Integer(), primary_key=True, autoincrement=False),
     Column("owner_id", String(40), ForeignKey("api_keys.id"), nullable=False),
     Column("model", String(200), nullable=False),
     Column("status", String(16), nullable=False),

@@ -1,4 +1,4 @@
-"""The usage ledger: one row per billable job, written in the transaction that finishes it.
+"""The usage ledger: one row per billed attempt, written in the transaction that finishes it.
 
 Charging policy (one place):
 
@@ -9,9 +9,14 @@ Charging policy (one place):
   reported token counts) consumed nothing: no ledger row, and their JSON shows no cost.
 
 ``jobs.billed`` records the decision on the job row in the same UPDATE, so the job JSON and the
-ledger always agree. The ledger's primary key is the job id and the insert ignores a conflict,
-so even a bug that finished a job twice could not bill it twice; the compare-and-set in
-``SqlJobStore._transition`` already guarantees one terminal write per job.
+ledger agree about the job's latest attempt. The ledger's primary key is (job id, attempt) and the
+insert ignores a conflict, so even a bug that finished an attempt twice could not bill it twice;
+the compare-and-set in ``SqlJobStore._transition`` already guarantees one terminal write per
+attempt.
+
+A job retried after it ended (``POST /v1/jobs/{id}/retry``) runs again under the same id and a
+new attempt number: if its failed attempt was billed, it keeps that row and its next finish gets
+one of its own. The customer pays for each attempt that did work, and never twice for one.
 """
 
 from __future__ import annotations
@@ -59,8 +64,8 @@ class LedgerBilling:
 def record_usage(conn: Connection, job_id: str, now: datetime) -> None:
     """Insert the ledger row of a job just finished on ``conn`` (call inside its transaction).
 
-    Reads the job's price snapshot, owner, model, images and token counts from the same
-    transaction, so the row describes exactly what was committed.
+    Reads the job's price snapshot, owner, model, images, token counts and attempt number from
+    the same transaction, so the row describes exactly the attempt that was committed.
     """
     row = (
         conn.execute(
@@ -72,6 +77,7 @@ def record_usage(conn: Connection, job_id: str, now: datetime) -> None:
                 jobs.c.price,
                 jobs.c.prompt_tokens,
                 jobs.c.completion_tokens,
+                jobs.c.attempts,
             ).where(jobs.c.id == job_id)
         )
         .mappings()
@@ -84,6 +90,7 @@ def record_usage(conn: Connection, job_id: str, now: datetime) -> None:
     cost = price_job(price, prompt, completion, images)
     values: dict[str, Any] = {
         "job_id": job_id,
+        "attempt": row["attempts"],
         "owner_id": row["owner_id"],
         "model": row["model"],
         "status": row["status"],
@@ -107,6 +114,8 @@ def record_usage(conn: Connection, job_id: str, now: datetime) -> None:
 class UsageTotals:
     """Sums over ledger rows; costs are exact Decimals in the ledger's currency (USD)."""
 
+    # Jobs billed in the group; every other field sums their billed attempts. Totals add the
+    # groups up, so a job billed on two days (retried) counts once on each of them.
     jobs: int = 0
     images: int = 0
     prompt_tokens: int = 0
@@ -149,7 +158,8 @@ class UsageGroup:
 
 
 _SUMS = (
-    func.count().label("jobs"),
+    # Jobs, not rows: a job billed for two attempts in one group counts once there.
+    func.count(usage_ledger.c.job_id.distinct()).label("jobs"),
     func.coalesce(func.sum(usage_ledger.c.images), 0).label("images"),
     func.coalesce(func.sum(usage_ledger.c.prompt_tokens), 0).label("prompt_tokens"),
     func.coalesce(func.sum(usage_ledger.c.completion_tokens), 0).label("completion_tokens"),

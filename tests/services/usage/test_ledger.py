@@ -141,7 +141,7 @@ def test_ledger_money_column_is_exact_at_large_and_tiny_amounts(db):
         for i, amount in enumerate(amounts):
             conn.execute(
                 insert(usage_ledger).values(
-                    job_id=f"job_{i}", owner_id=owner, model="m", status="succeeded",
+                    job_id=f"job_{i}", attempt=1, owner_id=owner, model="m", status="succeeded",
                     prompt_tokens=0, completion_tokens=0, images=0, cost_input=amount,
                     cost_output=0, cost_images=0, cost_total=amount, currency="USD",
                     price=PriceCard().to_json(), billed_at=T0, billed_on=T0.date(),
@@ -156,7 +156,7 @@ def test_ledger_money_refuses_more_decimals_than_it_stores(db):
     with pytest.raises(Exception, match="decimal places"), db.begin() as conn:
         conn.execute(
             insert(usage_ledger).values(
-                job_id="job_z", owner_id=owner, model="m", status="succeeded", prompt_tokens=0,
+                job_id="job_z", attempt=1, owner_id=owner, model="m", status="succeeded", prompt_tokens=0,
                 completion_tokens=0, images=0, cost_input=Decimal("0.00000000001"),
                 cost_output=0, cost_images=0, cost_total=0, currency="USD",
                 price=PriceCard().to_json(), billed_at=T0, billed_on=T0.date(),
