@@ -301,3 +301,8 @@ service_leases = Table(
 webhook_events.append_column(Column("dispatched_until", UTCDateTime(), nullable=True))
 # The sweep's query, every few seconds: pending events by due time, without reading the rest.
 Index("ix_webhook_events_due", webhook_events.c.state, webhook_events.c.next_attempt_at)
+
+# --------------------------------------------------------------------------- retries (0013)
+# The ttl_seconds the job was submitted with (NULL: none): a retry's new deadline is its time
+# plus this, since after one retry ``expires_at - created_at`` no longer gives it back.
+jobs.append_column(Column("ttl_seconds", Integer(), nullable=True))

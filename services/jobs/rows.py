@@ -28,6 +28,7 @@ class Codec:
 
 CODECS: dict[str, Codec] = {
     "status": Codec(lambda s: s.value, JobStatus),
+    "retried_from_status": Codec(lambda s: s and s.value, lambda raw: raw and JobStatus(raw)),
     "priority": Codec(lambda p: p.value, Priority),
     "messages": Codec(
         lambda ms: [m.to_json() for m in ms], lambda raw: tuple(map(Message.from_json, raw))
@@ -49,9 +50,16 @@ def _codec(name: str) -> Codec:
 
 
 def insert_values(job: NewJob, now: datetime) -> dict[str, Any]:
-    """The columns of ``job``'s new row: queued at ``now``, never attempted."""
+    """The columns of ``job``'s new row: queued at ``now``, never attempted, and the ttl its
+    deadline was set with (kept for a retry to set a new one)."""
     values = {f.name: _codec(f.name).store(getattr(job, f.name)) for f in fields(NewJob)}
-    return values | {"status": JobStatus.QUEUED.value, "attempts": 0, "created_at": now}
+    ttl = None if job.expires_at is None else round((job.expires_at - now).total_seconds())
+    return values | {
+        "status": JobStatus.QUEUED.value,
+        "attempts": 0,
+        "created_at": now,
+        "ttl_seconds": ttl,
+    }
 
 
 def row_to_job(row: RowMapping) -> Job:

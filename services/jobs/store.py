@@ -96,6 +96,9 @@ class JobSubmitStore(JobReader, Protocol):
     def request_hash(self, job_id: str) -> str | None: ...
     def cancel_queued(self, job_id: str, now: datetime) -> bool: ...
     def request_cancel(self, job_id: str, now: datetime) -> bool: ...
+    def retry(
+        self, job_id: str, now: datetime, *, finished_after: datetime | None = None
+    ) -> Job | None: ...
 
 
 class JobRunStore(Protocol):
@@ -145,6 +148,22 @@ class JobRunStore(Protocol):
 
 WORKER_LOST_MESSAGE = "The job's worker was lost (crashed or unreachable) on every attempt."
 
+# The ends a job can be retried from (POST /v1/jobs/{id}/retry).
+RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.CANCELED})
+# A run's results: a retry clears them.
+_RUN_RESULT = (
+    "started_at",
+    "completed_at",
+    "cancel_requested_at",
+    "error_code",
+    "error_message",
+    "output_text",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "billed",
+)
+
 
 def _requeued(now: datetime) -> dict[str, Any]:
     """The columns of a lapsed run handed out again: queued from ``now``."""
@@ -166,6 +185,22 @@ def _worker_lost(now: datetime, lost: int) -> dict[str, Any]:
         "error_code": WORKER_LOST,
         "error_message": f"{WORKER_LOST_MESSAGE} ({lost} attempts)",
         "billed": False,
+    }
+
+
+def _retried(now: datetime, was: str, ttl: int | None) -> dict[str, Any]:
+    """The columns of a job retried at ``now`` from status ``was``: queued from ``now`` with no
+    run result, a new deadline from its ttl, no lost attempts; ``attempts`` is kept (the next
+    claim makes the new attempt, so every fence of the old run stays shut)."""
+    return {
+        **dict.fromkeys(_RUN_RESULT),
+        "status": JobStatus.QUEUED.value,
+        "retried_from_status": was,
+        "queued_at": now,
+        "expires_at": None if ttl is None else now + timedelta(seconds=ttl),
+        "lost_attempts": 0,
+        "lease_expires_at": None,
+        "dispatched_at": None,  # in the backlog again: the dispatcher hands it out
     }
 
 
@@ -391,6 +426,27 @@ class SqlJobStore:
             cancel_requested_at=now,
         )
 
+    def retry(
+        self, job_id: str, now: datetime, *, finished_after: datetime | None = None
+    ) -> Job | None:
+        """failed, expired or canceled → queued again from ``now``, under the same id (see
+        :func:`_retried`); the job as now stored, or None if it is in no such status, changed
+        meanwhile, or its data is removed (or, with ``finished_after``, finished before it:
+        retention may be removing it). Fenced by status and ``attempts``."""
+        kept: list[ColumnElement[bool]] = [jobs.c.data_removed_at.is_(None)]
+        if finished_after is not None:
+            kept.append(jobs.c.completed_at >= finished_after)
+        with reading(self._engine) as conn:
+            row = conn.execute(
+                select(jobs.c.status, jobs.c.attempts, jobs.c.ttl_seconds).where(
+                    jobs.c.id == job_id, jobs.c.status.in_([s.value for s in RETRYABLE]), *kept
+                )
+            ).first()
+        if row is None:
+            return None
+        fence = (jobs.c.id == job_id, jobs.c.status == row.status, jobs.c.attempts == row.attempts)
+        return self._changed(job_id, (*fence, *kept), _retried(now, row.status, row.ttl_seconds))
+
     def cancel_requested(self, job_ids: Sequence[str]) -> set[str]:
         if not job_ids:
             return set()
@@ -612,6 +668,18 @@ class SqlJobStore:
             output_text=None,
             data_removed_at=now,
         )
+
+    def _changed(
+        self, job_id: str, where: tuple[ColumnElement[bool], ...], values: dict[str, Any]
+    ) -> Job | None:
+        """One compare-and-set of ``job_id``, then the job as it committed; None if ``where``
+        matched nothing."""
+        with writing(self._engine) as conn:
+            result = conn.execute(update(jobs).where(*where).values(**values))
+            if result.rowcount != 1:
+                return None
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().one()
+        return row_to_job(row)
 
     def _update(self, where: tuple[ColumnElement[bool], ...], **values: Any) -> bool:
         """One compare-and-set: True if exactly this job matched ``where`` and changed."""

@@ -73,6 +73,8 @@ class Job:
     lost_attempts: int = 0
     # Time spent queued before the current (or last) run started, over every attempt.
     queue_seconds: float | None = None
+    # The status of the latest retry (POST /v1/jobs/{id}/retry) started from; None: never retried.
+    retried_from_status: JobStatus | None = None
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ def _primary_key(database_url: str) -> list[str]:
 
 
 def _billed_job(engine, owner: str, job_id: str, attempts: int) -> None:
-    """A job at ``attempts`` with the ledger row revision 0011 wrote (no attempt column)."""
-    insert_job(sql_job_store(engine), owner, T0, job_id=job_id)
+    """A job at ``attempts`` with the ledger row revision 0011 wrote (no attempt column); the
+    database is at 0011 (the job was inserted before the downgrade)."""
     with engine.begin() as conn:
         conn.execute(update(jobs).where(jobs.c.id == job_id).values(attempts=attempts))
         conn.execute(
@@ -54,10 +54,11 @@ def test_migration_0012_keys_the_ledger_by_job_and_attempt(database_url):
 
 
 def test_migration_0012_numbers_existing_rows_by_their_jobs_attempt(database_url):
-    command.downgrade(alembic_config(database_url), "0011")
     engine = make_engine(database_url)
     try:
         owner = new_key(engine, "k", at=T0).id
+        insert_job(sql_job_store(engine), owner, T0, job_id="job_a")
+        command.downgrade(alembic_config(database_url), "0011")
         _billed_job(engine, owner, "job_a", attempts=2)
         upgrade_to_head(database_url)
         with engine.connect() as conn:

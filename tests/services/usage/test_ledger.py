@@ -162,3 +162,23 @@ def test_ledger_money_refuses_more_decimals_than_it_stores(db):
                 price=PriceCard().to_json(), billed_at=T0, billed_on=T0.date(),
             )
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("charge_failed_jobs", [True, False])
+def test_ledger_bills_each_attempt_of_a_retried_job_once(db, charge_failed_jobs):
+    store = sql_job_store(db, charge_failed_jobs=charge_failed_jobs)
+    owner = new_key(db, "k", at=T0).id
+    insert_job(store, owner, T0, job_id="job_r", price=CARD_90B, model=LLAMA_90B)
+    failed = run_to(store, "job_r", "failed", T0, prompt=1_000_000, completion=50_000)
+    assert store.retry("job_r", T0 + timedelta(days=1)) is not None
+    done = run_to(store, "job_r", "succeeded", T0 + timedelta(days=1), prompt=1_000_000)
+    with db.begin() as conn:  # a redelivered finish of the second attempt bills nothing more
+        record_usage(conn, "job_r", T0 + timedelta(days=2))
+    rows = sorted(ledger_rows(db), key=lambda r: r["attempt"])
+    billed = [(1, "failed")] if charge_failed_jobs else []
+    assert [(r["attempt"], r["status"]) for r in rows] == [*billed, (2, "succeeded")]
+    assert rows[-1]["cost_total"] == _job_cost(done)  # the job shows its latest attempt
+    total = _job_cost(done) + (_job_cost(failed) if charge_failed_jobs else 0)
+    report = SqlUsageLedger(db).report(date(2026, 11, 1), date(2026, 11, 30), "model")
+    assert [(g.totals.jobs, g.totals.cost_total) for g in report] == [(1, total)]
+    assert SqlUsageLedger(db).spent_since(owner, date(2026, 11, 1)) == total
