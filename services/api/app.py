@@ -54,7 +54,7 @@ def _register_blueprints(app: Flask, root: ApiRoot) -> None:
     for bp in (
         health.blueprint(root.readiness),
         docs.blueprint(),
-        jobs.blueprint(root.jobs, waiting, root.registry.default_model, authenticate),
+        jobs.blueprint(root.jobs, root.retries, waiting, root.registry.default_model, authenticate),
         files.blueprint(root.files, authenticate),
         models.blueprint(root.registry, _live_workers(root), authenticate),
         usage.blueprint(root.usage, root.quotas, authenticate),

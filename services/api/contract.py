@@ -36,6 +36,7 @@ _KEY_ID = path_id("key_id")
 _BY_ID = {"job_id": "$response.body#/id"}
 _GET_JOB = {"operationId": "getJob", "parameters": _BY_ID}
 _CANCEL_JOB = {"operationId": "cancelJob", "parameters": _BY_ID}
+_RETRY_JOB = {"operationId": "retryJob", "parameters": _BY_ID}
 _JOB_LINKS = {
     "GetJob": _GET_JOB,
     "CancelJob": _CANCEL_JOB,
@@ -47,6 +48,11 @@ _QUOTA_429 = Answer(
     429, "A rate, queued-jobs or concurrency limit of the key.", headers=("Retry-After",)
 )
 _SPEND_402 = Answer(402, "The key's monthly spend cap would be passed.")
+_NOT_RETRYABLE_409 = Answer(
+    409,
+    "The job is queued, running or succeeded (job_not_finished, job_not_retryable), its data "
+    "was removed (job_data_removed), or its model is no longer served (model_not_served).",
+)
 _BUSY_503 = Answer(503, "The service cannot take the request now.", headers=("Retry-After",))
 _TEXT = "text/plain"
 
@@ -113,8 +119,23 @@ def _jobs() -> list[Operation]:
         Operation(
             "POST", "/v1/jobs/{job_id}/cancel", "cancelJob", "Cancel a job", "jobs", Access.KEY,
             (
-                Answer(200, "The job, canceled or with cancel_requested.", r.Job),
+                Answer(200, "The job, canceled or with cancel_requested.", r.Job,
+                       links={"RetryJob": _RETRY_JOB}),
                 Answer(409, "The job changed state meanwhile; retry."),
+            ),
+            params=(_JOB_ID,),
+        ),
+        Operation(
+            "POST", "/v1/jobs/{job_id}/retry", "retryJob",
+            "Queue a failed, expired or canceled job again", "jobs", Access.KEY,
+            (
+                Answer(202, "Queued again under the same id; its next run is a new attempt.",
+                       r.Job, headers=("Location",),
+                       links={"GetJob": _GET_JOB, "CancelJob": _CANCEL_JOB}),
+                _SPEND_402,
+                _NOT_RETRYABLE_409,
+                _QUOTA_429,
+                _BUSY_503,
             ),
             params=(_JOB_ID,),
         ),

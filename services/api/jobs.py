@@ -1,4 +1,4 @@
-"""/v1/jobs: submit and poll."""
+"""/v1/jobs: submit, poll, cancel and retry."""
 
 from __future__ import annotations
 
@@ -18,15 +18,21 @@ from services.api.schemas import (
 from services.api.waiting import Waiting
 from services.errors import BadRequest, UnsupportedMediaType
 from services.jobs.presenter import job_to_public
+from services.jobs.retry import JobRetrier
 from services.jobs.service import JobService, SubmitCommand
 from services.jobs.store import Cursor
 from services.jobs.types import Job
 
 
 def blueprint(
-    service: JobService, waiting: Waiting, default_model: str, authenticate: Authenticate
+    service: JobService,
+    retries: JobRetrier,
+    waiting: Waiting,
+    default_model: str,
+    authenticate: Authenticate,
 ) -> Blueprint:
-    """The job routes over ``service``; a job that names no model runs ``default_model``."""
+    """The job routes over ``service`` (and ``retries``); a job that names no model runs
+    ``default_model``."""
     bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
     bp.before_request(authenticate)
 
@@ -63,6 +69,12 @@ def blueprint(
     @bp.post("/<job_id>/cancel")
     def cancel_job(job_id: str) -> Response:
         return jsonify(public(service.cancel(job_id, current_key().id)))
+
+    @bp.post("/<job_id>/retry")
+    def retry_job(job_id: str) -> tuple[Response, int, dict[str, str]]:
+        """Queue a failed, expired or canceled job again: 202 and the job, as a submit."""
+        job = retries.retry(job_id, current_key().id)
+        return jsonify(public(job)), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
 
     return bp
 

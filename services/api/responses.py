@@ -96,6 +96,10 @@ class Job(_Closed):
     metrics: JobMetrics
     error: ErrorDetail | None
     attempts: int = Field(description="Times a worker has started the job.")
+    retried_from_status: Literal["failed", "canceled", "expired"] | None = Field(
+        description="The status the job's latest retry (POST /v1/jobs/{job_id}/retry) started "
+        "from; null if it was never retried."
+    )
     cancel_requested: bool
     expires_at: Timestamp | None
     queue_position: int | None

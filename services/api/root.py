@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TypeVar
 
 from redis import Redis
@@ -17,7 +18,9 @@ from services.auth.keys import KeyStore, SqlKeyStore
 from services.catalog.registry import ModelRegistry, build_registry
 from services.clock import utcnow
 from services.files.service import FileService
+from services.jobs.events import JobEvents
 from services.jobs.handoff import DispatchNudge
+from services.jobs.retry import JobRetrier
 from services.jobs.service import JobService
 from services.jobs.store import JobStore
 from services.jobs.waiting import JobWaiter
@@ -46,6 +49,7 @@ class ApiRoot:
     settings: Settings
     keys: KeyStore
     jobs: JobService
+    retries: JobRetrier
     files: FileService
     usage: SqlUsageLedger
     quotas: QuotaEnforcer
@@ -109,7 +113,8 @@ def _assemble(settings: Settings, parts: _Parts, stack: ExitStack) -> ApiRoot:
     redis = stack.enter_context(closing(Redis.from_url(settings.redis_url, socket_timeout=5)))
     quotas = QuotaEnforcer(engine=parts.engine, redis_client=redis, clock=utcnow)
     files = wiring.file_service(parts.engine, parts.blobs, parts.jobs, settings)
-    jobs = _job_service(settings, parts, stack, files, quotas)
+    events = wiring.job_events(stack, settings, parts.webhook_store, parts.webhook_queue)
+    jobs = _job_service(settings, parts, stack, events, files, quotas)
     webhooks = WebhookService(
         settings=settings, store=parts.webhook_store, jobs=parts.jobs,
         queue=parts.webhook_queue, clock=utcnow,
@@ -120,7 +125,8 @@ def _assemble(settings: Settings, parts: _Parts, stack: ExitStack) -> ApiRoot:
     stack.callback(waiter.close)
     readiness = _readiness(settings, parts.engine, stack)
     return ApiRoot(
-        settings=settings, keys=SqlKeyStore(parts.engine), jobs=jobs, files=files,
+        settings=settings, keys=SqlKeyStore(parts.engine), jobs=jobs,
+        retries=_retrier(settings, parts, events, quotas), files=files,
         usage=SqlUsageLedger(parts.engine), quotas=quotas,
         key_quotas=SqlQuotaStore(parts.engine), webhooks=webhooks, monitor=monitor,
         waiter=waiter, registry=parts.registry, readiness=readiness, resources=stack.pop_all(),
@@ -128,15 +134,30 @@ def _assemble(settings: Settings, parts: _Parts, stack: ExitStack) -> ApiRoot:
 
 
 def _job_service(
-    settings: Settings, parts: _Parts, stack: ExitStack, files: FileService, quotas: QuotaEnforcer
+    settings: Settings,
+    parts: _Parts,
+    stack: ExitStack,
+    events: JobEvents,
+    files: FileService,
+    quotas: QuotaEnforcer,
 ) -> JobService:
-    events = wiring.job_events(stack, settings, parts.webhook_store, parts.webhook_queue)
     return JobService(
         settings=settings, store=parts.jobs, blobs=parts.blobs, nudge=parts.nudge,
         board=wiring.backlog_board(stack, settings),
         registry=parts.registry, clock=utcnow, events=events, quotas=quotas,
         estimator=CostEstimator(TokenizerFileCounter()),
         image_fetcher=RemoteImageFetcher(settings), files=files,
+    )  # fmt: skip
+
+
+def _retrier(
+    settings: Settings, parts: _Parts, events: JobEvents, quotas: QuotaEnforcer
+) -> JobRetrier:
+    retention = settings.retention_seconds
+    return JobRetrier(
+        store=parts.jobs, nudge=parts.nudge, registry=parts.registry, quotas=quotas,
+        events=events, clock=utcnow,
+        retention=timedelta(seconds=retention) if retention else None,
     )  # fmt: skip
 
 

@@ -75,6 +75,7 @@ def job_to_public(job: Job, queue: QueueInfo | None = None) -> dict[str, Any]:
         },
         "error": error,
         "attempts": job.attempts,
+        "retried_from_status": job.retried_from_status and job.retried_from_status.value,
         "cancel_requested": job.cancel_requested_at is not None,
         "expires_at": timestamp(job.expires_at),
         "queue_position": None if queue is None else queue.position,

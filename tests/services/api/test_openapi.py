@@ -105,6 +105,9 @@ def test_real_answers_match_the_document(client: Any, user_key: str) -> None:
     _check(doc, "Job", client.get(created.headers["Location"], headers=key).json)
     _check(doc, "JobPage", client.get("/v1/jobs", headers=key).json)
     _check(doc, "Job", client.post(f"/v1/jobs/{created.json['id']}/cancel", headers=key).json)
+    retried = client.post(f"/v1/jobs/{created.json['id']}/retry", headers=key)
+    assert retried.status_code == 202
+    _check(doc, "Job", retried.json)
     _check(doc, "FilePage", client.get("/v1/files", headers=key).json)
     _check(doc, "ModelList", client.get("/v1/models", headers=key).json)
     _check(doc, "Quota", client.get("/v1/quota", headers=key).json)
