@@ -80,6 +80,7 @@ def snapshot_to_public(snap: Snapshot) -> dict[str, Any]:
         "recent_failures": [
             {
                 "id": f.job_id,
+                "key_id": f.owner_id,
                 "model": f.model,
                 "error": {"code": f.error_code, "message": f.error_message},
                 "completed_at": timestamp(f.completed_at),

@@ -174,10 +174,11 @@ class SqlJobStats:
         return tuple(stats)
 
     def recent_failures(self, limit: int = RECENT_FAILURES) -> tuple[Failure, ...]:
+        """The jobs failed most recently (the admin view lists them, each with a retry)."""
         query = (
             select(
-                jobs.c.id, jobs.c.model, jobs.c.error_code, jobs.c.error_message,
-                jobs.c.completed_at,
+                jobs.c.id, jobs.c.owner_id, jobs.c.model, jobs.c.error_code,
+                jobs.c.error_message, jobs.c.completed_at,
             )
             .where(jobs.c.status == JobStatus.FAILED.value)
             .order_by(jobs.c.completed_at.desc())
@@ -185,7 +186,7 @@ class SqlJobStats:
         )  # fmt: skip
         with reading(self._engine) as conn:
             return tuple(
-                Failure(r.id, r.model, r.error_code, r.error_message, r.completed_at)
+                Failure(r.id, r.owner_id, r.model, r.error_code, r.error_message, r.completed_at)
                 for r in conn.execute(query)
             )
 

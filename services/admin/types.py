@@ -111,6 +111,7 @@ class WindowStats:
 @dataclass(frozen=True)
 class Failure:
     job_id: str
+    owner_id: str  # the key whose job it is
     model: str
     error_code: str | None
     error_message: str | None

@@ -59,7 +59,7 @@ def _register_blueprints(app: Flask, root: ApiRoot) -> None:
         models.blueprint(root.registry, _live_workers(root), authenticate),
         usage.blueprint(root.usage, root.quotas, authenticate),
         webhooks.blueprint(root.webhooks, authenticate),
-        admin.api_blueprint(root.monitor, authenticate),
+        admin.api_blueprint(root.monitor, root.retries, authenticate),
         keys.blueprint(root.keys, root.key_quotas, authenticate),
         admin.page_blueprint(),
         metrics.blueprint(

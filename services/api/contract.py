@@ -239,6 +239,19 @@ def _admin_and_ops() -> list[Operation]:
             "admin", Access.ADMIN, (Answer(200, "The snapshot.", r.AdminQueues),),
         ),
         Operation(
+            "POST", "/v1/admin/jobs/{job_id}/retry", "adminRetryJob",
+            "Queue any key's failed, expired or canceled job again", "admin", Access.ADMIN,
+            (
+                Answer(202, "Queued again under the same id.", r.Job),
+                Answer(402, "The owner's monthly spend cap would be passed."),
+                Answer(404, "No such job."),
+                _NOT_RETRYABLE_409,
+                Answer(429, "The owner's queued-jobs limit.", headers=("Retry-After",)),
+                _BUSY_503,
+            ),
+            params=(_JOB_ID,),
+        ),
+        Operation(
             "GET", "/admin", "adminDashboard", "The admin dashboard (HTML)", "admin",
             Access.PUBLIC, (Answer(200, "The page.", None, "text/html"),),
         ),

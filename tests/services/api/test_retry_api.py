@@ -1,4 +1,5 @@
-"""POST /v1/jobs/{id}/retry over real SQLite, SeaweedFS and Redis."""
+"""POST /v1/jobs/{id}/retry and the admin view's retry (POST /v1/admin/jobs/{id}/retry, the
+dashboard's failures list) over real SQLite, SeaweedFS and Redis."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from decimal import Decimal
 import pytest
 import redis
 
+from services.auth.keys import Role
 from services.clock import utcnow
 from services.jobs.notify import job_channel
 from tests.conftest import auth
@@ -15,6 +17,17 @@ from tests.helpers import chat_body
 from tests.support.dispatch import broker_ids
 from tests.support.images import make_image
 from tests.support.jobs import run_to
+from tests.support.keys import new_key
+
+
+@pytest.fixture
+def settings(settings_for):
+    return settings_for(metrics_cache_ms=0)  # the admin snapshot is read fresh
+
+
+@pytest.fixture
+def admin_key(api):
+    return new_key(api.keys, "root", Role.ADMIN).token
 
 
 def _submit(client, key) -> str:
@@ -126,3 +139,42 @@ def test_usage_counts_each_billed_attempt_of_a_retried_job(client, api, user_key
     assert usage["totals"]["prompt_tokens"] == 3000
     total = Decimal(first["total"]) + Decimal(second["total"])
     assert Decimal(usage["totals"]["cost"]["total"]) == total
+
+
+# --- the admin view: the last failed jobs, each with a retry ----------------------------------
+
+
+def test_admin_lists_the_last_failed_jobs_and_retries_any_keys_job(
+    client, api, user_key, admin_key
+):
+    job_id = _ended(client, api, user_key)
+    failures = client.get("/v1/admin/queues", headers=auth(admin_key)).json["recent_failures"]
+    assert [(f["id"], f["key_id"]) for f in failures] == [
+        (job_id, api.keys.authenticate(user_key).id)
+    ]
+    response = client.post(f"/v1/admin/jobs/{job_id}/retry", headers=auth(admin_key))
+    assert response.status_code == 202, response.json
+    assert (response.json["status"], response.json["retried_from_status"]) == ("queued", "failed")
+    assert client.get("/v1/admin/queues", headers=auth(admin_key)).json["recent_failures"] == []
+    mine = client.get(f"/v1/jobs/{job_id}", headers=auth(user_key)).json
+    assert mine["status"] == "queued"  # the owner sees it queued again
+
+
+def test_admin_retry_needs_an_admin_key_and_answers_404_and_409(client, api, user_key, admin_key):
+    job_id = _ended(client, api, user_key, "succeeded")
+    user = client.post(f"/v1/admin/jobs/{job_id}/retry", headers=auth(user_key))
+    assert user.status_code == 403 and user.json["error"]["code"] == "admin_required"
+    missing = client.post("/v1/admin/jobs/job_nope/retry", headers=auth(admin_key))
+    assert missing.status_code == 404
+    done = client.post(f"/v1/admin/jobs/{job_id}/retry", headers=auth(admin_key))
+    assert done.status_code == 409 and done.json["error"]["code"] == "job_not_retryable"
+
+
+def test_admin_page_offers_a_retry_for_each_failure(client):
+    html = client.get("/admin").get_data(as_text=True)
+    assert 'data-retry-url="/v1/admin/jobs/JOB_ID/retry"' in html
+    assert 'id="retry-status"' in html and "<script>" not in html  # no inline script (CSP)
+    script = client.get("/admin/static/dashboard.js")
+    source = script.get_data(as_text=True)
+    script.close()
+    assert 'retryUrl.replace("JOB_ID"' in source and 'method: "POST"' in source

@@ -1,5 +1,6 @@
 // Loupe admin dashboard: polls /v1/admin/queues with the admin key kept in sessionStorage and
-// draws queue depth over time (hand-written SVG), workers, throughput and recent failures.
+// draws queue depth over time (hand-written SVG), workers, throughput and recent failures, each
+// failure with a button that retries it (POST /v1/admin/jobs/{id}/retry).
 // No build step: plain ES2017, no dependencies. All data goes in through textContent.
 (function () {
   "use strict";
@@ -9,6 +10,7 @@
   var body = document.body;
   var pollMs = parseInt(body.dataset.pollMs, 10) || 3000;
   var url = body.dataset.queuesUrl;
+  var retryUrl = body.dataset.retryUrl; // with JOB_ID where the job's id goes
   var history = []; // [{t: ms, depths: {queue: depth}}]
   var timer = null;
 
@@ -40,7 +42,15 @@
     tbody.replaceChildren();
     rows.forEach(function (cells) {
       var tr = el("tr");
-      cells.forEach(function (c) { tr.appendChild(el("td", fmt(c))); });
+      cells.forEach(function (c) {
+        if (c instanceof Node) {
+          var td = el("td");
+          td.appendChild(c);
+          tr.appendChild(td);
+        } else {
+          tr.appendChild(el("td", fmt(c)));
+        }
+      });
       tbody.appendChild(tr);
     });
     if (!rows.length) {
@@ -151,9 +161,53 @@
               fmt(w.run_seconds.p50) + " / " + fmt(w.run_seconds.p95)];
     }));
     fillTable("failures-table", data.recent_failures.map(function (f) {
-      return [f.completed_at, f.id, f.model, f.error.code + ": " + f.error.message];
+      return [f.completed_at, f.id, f.key_id, f.model, f.error.code + ": " + f.error.message,
+              retryButton(f.id)];
     }));
     setStatus("updated " + new Date().toLocaleTimeString(), false);
+  }
+
+  function retryButton(jobId) {
+    var button = el("button", "Retry", "retry");
+    button.type = "button";
+    button.dataset.jobId = jobId;
+    return button;
+  }
+
+  function setRetryStatus(text, isError) {
+    var s = $("retry-status");
+    s.textContent = text;
+    s.className = isError ? "error" : "muted";
+  }
+
+  // One listener for every row's button: the table is redrawn on each poll.
+  function retry(ev) {
+    var button = ev.target.closest("button.retry");
+    var key = sessionStorage.getItem(KEY);
+    if (!button || !key) return;
+    var jobId = button.dataset.jobId;
+    button.disabled = true;
+    button.textContent = "Retrying…";
+    fetch(retryUrl.replace("JOB_ID", encodeURIComponent(jobId)), {
+      method: "POST", headers: { Authorization: "Bearer " + key }
+    })
+      .then(function (r) {
+        return r.json().then(function (data) { return { ok: r.ok, status: r.status, data: data }; });
+      })
+      .then(function (res) {
+        if (res.ok) {
+          setRetryStatus("Job " + jobId + " is queued again (its attempt " +
+                         (res.data.attempts + 1) + " comes next).", false);
+          poll();
+          return;
+        }
+        var message = (res.data.error && res.data.error.message) || ("HTTP " + res.status);
+        setRetryStatus("Retry of " + jobId + " refused: " + message, true);
+        button.disabled = false;
+        button.textContent = "Retry";
+        if (res.status === 401 || res.status === 403) logout(false);
+      })
+      .catch(function (err) { setRetryStatus("Cannot reach the server: " + err, true); });
   }
 
   function poll() {
@@ -194,5 +248,6 @@
     connect();
   });
   $("logout").addEventListener("click", function () { logout(true); });
+  $("failures-table").addEventListener("click", retry);
   if (sessionStorage.getItem(KEY)) connect();
 })();
