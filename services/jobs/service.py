@@ -107,6 +107,22 @@ def new_job_id() -> str:
     return "job_" + secrets.token_hex(12)
 
 
+def check_context(spec: ModelSpec, prompt_tokens_min: int, max_tokens: int | None) -> None:
+    """Refuse (422 ``context_length_exceeded``) a job that cannot run: a prompt of at least
+    ``prompt_tokens_min`` tokens that leaves no room in the model's context for the ``max_tokens``
+    the request asked for, or for one token when it left them to the model's default (the
+    engine cuts that default to fit)."""
+    wanted = 1 if max_tokens is None else max_tokens
+    if prompt_tokens_min + wanted <= spec.context_length:
+        return
+    asked = "" if max_tokens is None else f" and max_tokens asks for {max_tokens} more"
+    raise InvalidInput(
+        f"Model {spec.name} has a context of {spec.context_length} tokens; the prompt is at least "
+        f"{prompt_tokens_min} tokens{asked}. Shorten the prompt or lower max_tokens.",
+        code="context_length_exceeded",
+    )
+
+
 class JobService:
     def __init__(
         self,
@@ -199,11 +215,12 @@ class JobService:
                 code="system_message_with_image",
             )
         webhook_url = check_webhook_url(command.webhook, self._settings)
+        estimate = self._estimator.estimate(
+            spec, command.messages, len(command.images), params.max_tokens or 0
+        )
+        check_context(spec, estimate.prompt_tokens_min, command.params.max_tokens)
         images = [self._image_bytes(image, command.owner_id) for image in command.images]
         validated = [validate_image(data, self._limits) for data in images]
-        estimate = self._estimator.estimate(
-            spec, command.messages, len(validated), params.max_tokens or 0
-        )
         # Quotas are checked under the key's lock, held until the job row exists.
         with self._quotas.admit(command.owner_id, estimate.cost_max):
             self._store_images(validated)
