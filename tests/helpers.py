@@ -37,6 +37,11 @@ def count_jobs(engine: Engine) -> int:
 
 
 def count_objects(s3: Any, bucket: str) -> int:
+    return len(object_keys(s3, bucket))
+
+
+def object_keys(s3: Any, bucket: str) -> set[str]:
+    """Every key in ``bucket`` (up to the 1000 of one listing: tests store a handful)."""
     client = boto3.session.Session().client(
         "s3",
         endpoint_url=s3.endpoint_url,
@@ -45,7 +50,8 @@ def count_objects(s3: Any, bucket: str) -> int:
         aws_secret_access_key=s3.secret_access_key,
     )
     try:
-        return int(client.list_objects_v2(Bucket=bucket).get("KeyCount", 0))
+        listing = client.list_objects_v2(Bucket=bucket)
+        return {item["Key"] for item in listing.get("Contents", [])}
     finally:
         client.close()
 

@@ -18,6 +18,7 @@ from services.errors import InvalidInput, NotFound, Unavailable
 from services.files.store import FileStore, StoredFile
 from services.storage.blobs import BlobStore
 from services.storage.images import ImageLimits, validate_image
+from services.storage.orphans import discard_unless_kept
 
 MAX_FILENAME = 255
 # Between the object store's clock and ours: an object written within this of the upload is the
@@ -55,6 +56,8 @@ class FileService:
         self._job_keeps_image = job_keeps_image  # image key -> a kept job still uses it
 
     def upload(self, owner_id: str, data: bytes, filename: str | None) -> StoredFile:
+        """Validate and store an image file. If its row cannot be written, the object just
+        stored is taken back unless a job or another file names it (``discard_unless_kept``)."""
         validated = validate_image(data, self._limits)
         self._blobs.put(validated.ref.key, validated.data, validated.ref.content_type)
         file = StoredFile(
@@ -64,8 +67,15 @@ class FileService:
             image=validated.ref,
             created_at=self._clock(),
         )
-        self._store.insert(file)
+        try:
+            self._store.insert(file)
+        except Exception:
+            discard_unless_kept(self._blobs, validated, self._kept)
+            raise
         return file
+
+    def _kept(self, key: str) -> bool:
+        return self.keeps_image(key) or self._job_keeps_image(key)
 
     def get(self, owner_id: str, file_id: str) -> StoredFile:
         file = self._store.get(file_id)

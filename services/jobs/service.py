@@ -7,7 +7,8 @@ import dataclasses
 import hashlib
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -25,6 +26,7 @@ from services.net.webhook_urls import check_webhook_url
 from services.settings import Settings
 from services.storage.blobs import BlobStore
 from services.storage.images import ImageLimits, ValidatedImage, validate_image
+from services.storage.orphans import discard_unless_kept
 from services.types import JobStatus, Message, Priority, SamplingParams
 from services.usage.estimate import CostEstimator
 from services.usage.quotas import QuotaGate
@@ -47,6 +49,7 @@ class UploadedImage:
 
 class FileImages(Protocol):
     def image_for_job(self, owner_id: str, file_id: str) -> bytes: ...
+    def keeps_image(self, key: str) -> bool: ...
 
 
 ImageSource = bytes | RemoteImage | UploadedImage
@@ -222,8 +225,7 @@ class JobService:
         images = [self._image_bytes(image, command.owner_id) for image in command.images]
         validated = [validate_image(data, self._limits) for data in images]
         # Quotas are checked under the key's lock, held until the job row exists.
-        with self._quotas.admit(command.owner_id, estimate.cost_max):
-            self._store_images(validated)
+        with self._quotas.admit(command.owner_id, estimate.cost_max), self._stored(validated):
             now = self._clock()
             job = self._store.insert(
                 NewJob(
@@ -320,9 +322,24 @@ class JobService:
             job = self._store.get(job_id)
         raise Conflict(f"Job {job_id} changed state while canceling; retry.", code="job_busy")
 
-    def _store_images(self, images: list[ValidatedImage]) -> None:
-        for image in images:
-            self._blobs.put(image.ref.key, image.data, image.ref.content_type)
+    @contextmanager
+    def _stored(self, images: list[ValidatedImage]) -> Iterator[None]:
+        """Store ``images`` for the job row inserted inside the block; if the block raises (an
+        Idempotency-Key taken meanwhile, a failed insert), take back each one no other job or
+        file names (:func:`discard_unless_kept`), so a refused request leaves nothing behind."""
+        stored: list[ValidatedImage] = []
+        try:
+            for image in images:
+                self._blobs.put(image.ref.key, image.data, image.ref.content_type)
+                stored.append(image)
+            yield
+        except Exception:
+            for image in stored:
+                discard_unless_kept(self._blobs, image, self._image_kept)
+            raise
+
+    def _image_kept(self, key: str) -> bool:
+        return self._store.image_in_use(key, ()) or self._files.keeps_image(key)
 
     def _resolve_params(self, spec: ModelSpec, params: SamplingParams) -> SamplingParams:
         unsupported = params.features() - spec.features

@@ -99,6 +99,7 @@ class JobSubmitStore(JobReader, Protocol):
     def retry(
         self, job_id: str, now: datetime, *, finished_after: datetime | None = None
     ) -> Job | None: ...
+    def image_in_use(self, image_key: str, excluding: Sequence[str]) -> bool: ...
 
 
 class JobRunStore(Protocol):
