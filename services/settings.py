@@ -103,6 +103,8 @@ class Settings:
     # Usage accounting and quotas (services/usage).
     price_overrides: tuple[PriceOverride, ...] = ()
     charge_failed_jobs: bool = True
+    # Submissions per minute of a key with no limit of its own (0: such keys are unlimited).
+    default_requests_per_minute: int = 600
     # Webhooks (services/webhooks, workers/webhooks.py).
     webhook_queue: str = "webhooks"
     webhook_concurrency: int = 8
@@ -402,6 +404,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         maintenance_queue=_str(env, "MAINTENANCE_QUEUE", defaults.maintenance_queue),
         price_overrides=_price_overrides(env),
         charge_failed_jobs=_bool(env, "CHARGE_FAILED_JOBS", defaults.charge_failed_jobs),
+        default_requests_per_minute=_int(
+            env, "DEFAULT_REQUESTS_PER_MINUTE", defaults.default_requests_per_minute, 0
+        ),
         webhook_queue=_str(env, "WEBHOOK_QUEUE", defaults.webhook_queue),
         webhook_concurrency=_int(env, "WEBHOOK_CONCURRENCY", defaults.webhook_concurrency, 1),
         webhook_allow_http=_bool(env, "WEBHOOK_ALLOW_HTTP", defaults.webhook_allow_http),

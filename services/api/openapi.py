@@ -82,13 +82,17 @@ RESPONSE_HEADERS: dict[str, Schema] = {
         ("Retry-After", "Seconds to wait before retrying."),
         ("x-should-retry", "Whether retrying the request can help."),
         ("Content-Disposition", "A CSV download's file name."),
-        ("RateLimit-Limit", "Submissions per window (keys with a per-minute limit)."),
+        (
+            "RateLimit-Limit",
+            "Submissions per 60-second window: the key's requests_per_minute, else the "
+            "deployment's default (absent only where that is 0, or Redis cannot say).",
+        ),
         ("RateLimit-Remaining", "Submissions left in this window."),
         ("RateLimit-Reset", "Seconds until the window ends."),
         ("RateLimit-Policy", "The quota policy, e.g. 60;w=60."),
     )
 }
-#: On every answer to a key with a per-minute limit (services/api/ratelimit.py).
+#: On every authenticated answer (services/api/ratelimit.py).
 RATE_LIMIT_HEADERS = (
     "RateLimit-Limit",
     "RateLimit-Remaining",

@@ -1,6 +1,5 @@
 """``RateLimit-*`` headers (draft-ietf-httpapi-ratelimit-headers, the separate-fields form) on
-every authenticated answer of a key that has a per-minute submission limit, so clients can pace
-themselves before they meet a 429:
+every authenticated answer, so clients can pace themselves before they meet a 429:
 
     RateLimit-Limit: 60         submissions per window
     RateLimit-Remaining: 57     left in this window
@@ -8,8 +7,11 @@ themselves before they meet a 429:
     RateLimit-Policy: 60;w=60   the quota policy: 60 per 60-second window
 
 The window is the one ``POST /v1/jobs`` and ``/v1/chat/completions`` count against (fixed
-minutes on Redis's clock), read after the request so a submission sees itself counted. A key
-without a limit gets none of them: there is nothing to pace.
+minutes on Redis's clock), read after the request so a submission sees itself counted. The
+limit is the key's own, else the deployment's ``LOUPE_DEFAULT_REQUESTS_PER_MINUTE`` (600), so
+every key has one. Only where that is 0 does a key without a limit of its own go without the
+headers: there is nothing to pace, and no number would be true. Nor do they come when Redis
+cannot say (the answer matters more than its advice).
 """
 
 from __future__ import annotations

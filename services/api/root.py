@@ -111,7 +111,10 @@ def _given(given: T | None, build: Callable[[], T]) -> T:
 def _assemble(settings: Settings, parts: _Parts, stack: ExitStack) -> ApiRoot:
     # The quota counters' client; the waiter and the notifier keep their own connections.
     redis = stack.enter_context(closing(Redis.from_url(settings.redis_url, socket_timeout=5)))
-    quotas = QuotaEnforcer(engine=parts.engine, redis_client=redis, clock=utcnow)
+    quotas = QuotaEnforcer(
+        engine=parts.engine, redis_client=redis, clock=utcnow,
+        default_requests_per_minute=settings.default_requests_per_minute or None,
+    )  # fmt: skip
     files = wiring.file_service(parts.engine, parts.blobs, parts.jobs, settings)
     events = wiring.job_events(stack, settings, parts.webhook_store, parts.webhook_queue)
     jobs = _job_service(settings, parts, stack, events, files, quotas)

@@ -2,6 +2,8 @@
 
 - requests per minute → 429 ``rate_limited`` with ``Retry-After`` (seconds left in the minute).
   Counted in Redis, atomically, so every API process shares the count (see ``RedisRateLimiter``).
+  A key without its own limit has the deployment's (``LOUPE_DEFAULT_REQUESTS_PER_MINUTE``;
+  0 there leaves such keys unlimited).
 - max queued jobs → 429 ``too_many_queued_jobs``.
 - max running jobs and max concurrency never refuse a submit: the dispatcher
   (``services.dispatch``) holds the key's queued jobs back while it has that many handed out
@@ -229,16 +231,26 @@ class QuotaEnforcer:
         engine: Engine,
         redis_client: redis.Redis,
         clock: Callable[[], datetime],
+        default_requests_per_minute: int | None = None,
     ) -> None:
         self._engine = engine
         self._redis = redis_client
         self._clock = clock
+        self._default_rpm = default_requests_per_minute
         self._quotas = SqlQuotaStore(engine)
         self._ledger = SqlUsageLedger(engine)
         self._limiter = RedisRateLimiter(redis_client)
 
+    def quota(self, owner_id: str) -> Quota:
+        """The limits in force for a key: its own, and the deployment's per-minute limit when
+        it has none of its own."""
+        quota = self._quotas.get(owner_id)
+        if quota.requests_per_minute is None and self._default_rpm:
+            return replace(quota, requests_per_minute=self._default_rpm)
+        return quota
+
     def check_rate(self, owner_id: str) -> None:
-        limit = self._quotas.get(owner_id).requests_per_minute
+        limit = self.quota(owner_id).requests_per_minute
         if limit is None:
             return
         retry_after = self._limiter.hit(owner_id, limit)
@@ -251,12 +263,12 @@ class QuotaEnforcer:
 
     def rate_window(self, owner_id: str) -> RateWindow | None:
         """The key's submission window, or None for a key without a per-minute limit."""
-        limit = self._quotas.get(owner_id).requests_per_minute
+        limit = self.quota(owner_id).requests_per_minute
         return None if limit is None else self._limiter.window(owner_id, limit)
 
     def standing(self, owner_id: str) -> QuotaStanding:
-        """The key's limits and its current counts (for ``GET /v1/quota``)."""
-        quota = self._quotas.get(owner_id)
+        """The key's limits in force and its current counts (for ``GET /v1/quota``)."""
+        quota = self.quota(owner_id)
         queued, running, reserved = self._active(owner_id)
         start = _month_start(self._clock())
         return QuotaStanding(

@@ -96,3 +96,12 @@ def test_settings_read_the_decode_limits():
     assert load_settings({}).max_decode_pixels == 4096 * 4096
     with pytest.raises(ConfigurationError):
         load_settings({"LOUPE_MAX_IMAGE_FRAMES": "0"})
+
+
+def test_settings_read_the_default_rate_limit():
+    assert load_settings({}).default_requests_per_minute == 600
+    assert (
+        load_settings({"LOUPE_DEFAULT_REQUESTS_PER_MINUTE": "0"}).default_requests_per_minute == 0
+    )
+    with pytest.raises(ConfigurationError):
+        load_settings({"LOUPE_DEFAULT_REQUESTS_PER_MINUTE": "-1"})

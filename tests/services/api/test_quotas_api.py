@@ -164,10 +164,10 @@ def test_quota_endpoint_shows_limits_and_where_the_key_stands(
     client, api, user_key, other_key, key_id
 ):
     assert client.get("/v1/quota").status_code == 401
-    unlimited = client.get("/v1/quota", headers=auth(user_key)).json
-    assert unlimited["limits"] == {"monthly_spend_usd": None, "max_queued": None, "max_concurrency": None,
-                                   "max_running": None, "requests_per_minute": None}  # fmt: skip
-    assert unlimited["current"]["available_usd"] is None
+    fresh = client.get("/v1/quota", headers=auth(user_key)).json  # only the default rpm applies
+    assert fresh["limits"] == {"monthly_spend_usd": None, "max_queued": None, "max_concurrency": None,
+                               "max_running": None, "requests_per_minute": 600}  # fmt: skip
+    assert fresh["current"]["available_usd"] is None
     api.quotas.update(
         key_id, utcnow(), monthly_spend_usd=Decimal("5"), max_queued=10, requests_per_minute=100
     )
