@@ -61,6 +61,9 @@ class Settings:
     # The most pixels one image is ever decoded to (API validation and worker): about 8 bytes
     # each at the worker's peak. Larger JPEGs decode at 1/2..1/8 scale; other formats are refused.
     max_decode_pixels: int = 4096 * 4096
+    # The most pixels one API process decodes at once, all its requests together (about 4 bytes
+    # each): by default one image at max_decode_pixels, or several smaller ones.
+    decode_budget_pixels: int = 4096 * 4096
     max_image_frames: int = 100  # animated GIF/PNG/WebP; the model sees the first frame
     max_request_bytes: int = 32 * 1024 * 1024
     allowed_image_formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF")
@@ -364,6 +367,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_image_bytes=_int(env, "MAX_IMAGE_BYTES", defaults.max_image_bytes, 1),
         max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", defaults.max_image_pixels, 1),
         max_decode_pixels=_int(env, "MAX_DECODE_PIXELS", defaults.max_decode_pixels, 1),
+        decode_budget_pixels=_int(
+            env,
+            "DECODE_BUDGET_PIXELS",
+            _int(env, "MAX_DECODE_PIXELS", defaults.max_decode_pixels, 1),
+            1,
+        ),
         max_image_frames=_int(env, "MAX_IMAGE_FRAMES", defaults.max_image_frames, 1),
         max_request_bytes=_int(env, "MAX_REQUEST_BYTES", defaults.max_request_bytes, 1),
         allowed_image_formats=tuple(

@@ -24,7 +24,7 @@ from services.jobs.queue import CeleryTaskQueue
 from services.jobs.store import JobStore, SqlJobStore
 from services.settings import Settings
 from services.storage.blobs import BlobStore, S3BlobStore
-from services.storage.images import ImageLimits
+from services.storage.images import DecodeBudget, ImageLimits
 from services.usage.ledger import LedgerBilling
 from services.webhooks.events import WebhookEvents
 from services.webhooks.queue import CeleryWebhookQueue, WebhookQueue
@@ -78,14 +78,16 @@ def job_events(
 
 
 def file_service(
-    engine: Engine, blobs: BlobStore, jobs: JobStore, settings: Settings
+    engine: Engine, blobs: BlobStore, jobs: JobStore, settings: Settings, budget: DecodeBudget
 ) -> FileService:
-    """Uploaded files; an image a job still names is kept when its file expires."""
+    """Uploaded files; an image a job still names is kept when its file expires. Uploads
+    decode within ``budget`` (the process's, shared with job submits)."""
     retention = settings.retention_seconds
     return FileService(
         store=SqlFileStore(engine),
         blobs=blobs,
         limits=ImageLimits.from_settings(settings),
+        decode_budget=budget,
         clock=utcnow,
         retention=timedelta(seconds=retention) if retention else None,
         job_keeps_image=lambda key: jobs.image_in_use(key, ()),

@@ -18,6 +18,7 @@ from services.jobs.events import JobEvents
 from services.jobs.store import JobStore
 from services.settings import Settings
 from services.storage.blobs import BlobStore
+from services.storage.images import DecodeBudget
 from services.webhooks.store import SqlWebhookStore
 from workers.webhooks import WebhookContext
 
@@ -57,7 +58,9 @@ def build_light_context(settings: Settings) -> LightContext:
             jobs=jobs,
             events=wiring.job_events(stack, settings, deliveries.store, deliveries.queue),
             blobs=blobs,
-            files=wiring.file_service(engine, blobs, jobs, settings),
+            files=wiring.file_service(
+                engine, blobs, jobs, settings, DecodeBudget(settings.decode_budget_pixels)
+            ),  # it expires files; it never decodes one
             retention=timedelta(seconds=settings.retention_seconds),
             resources=stack.pop_all(),  # last: everything above registered its release
         )

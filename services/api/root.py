@@ -27,6 +27,7 @@ from services.jobs.waiting import JobWaiter
 from services.net.images import RemoteImageFetcher
 from services.settings import Settings
 from services.storage.blobs import BlobStore, S3BlobStore
+from services.storage.images import DecodeBudget
 from services.usage.estimate import CostEstimator, TokenizerFileCounter
 from services.usage.ledger import SqlUsageLedger
 from services.usage.quotas import QuotaEnforcer, SqlQuotaStore
@@ -115,9 +116,11 @@ def _assemble(settings: Settings, parts: _Parts, stack: ExitStack) -> ApiRoot:
         engine=parts.engine, redis_client=redis, clock=utcnow,
         default_requests_per_minute=settings.default_requests_per_minute or None,
     )  # fmt: skip
-    files = wiring.file_service(parts.engine, parts.blobs, parts.jobs, settings)
+    # One per process: every upload and submit of this process decodes within it.
+    budget = DecodeBudget(settings.decode_budget_pixels)
+    files = wiring.file_service(parts.engine, parts.blobs, parts.jobs, settings, budget)
     events = wiring.job_events(stack, settings, parts.webhook_store, parts.webhook_queue)
-    jobs = _job_service(settings, parts, stack, events, files, quotas)
+    jobs = _job_service(settings, parts, stack, events, files, quotas, budget)
     webhooks = WebhookService(
         settings=settings, store=parts.webhook_store, jobs=parts.jobs,
         queue=parts.webhook_queue, clock=utcnow,
@@ -143,13 +146,14 @@ def _job_service(
     events: JobEvents,
     files: FileService,
     quotas: QuotaEnforcer,
+    budget: DecodeBudget,
 ) -> JobService:
     return JobService(
         settings=settings, store=parts.jobs, blobs=parts.blobs, nudge=parts.nudge,
         board=wiring.backlog_board(stack, settings),
         registry=parts.registry, clock=utcnow, events=events, quotas=quotas,
         estimator=CostEstimator(TokenizerFileCounter()),
-        image_fetcher=RemoteImageFetcher(settings), files=files,
+        image_fetcher=RemoteImageFetcher(settings), files=files, decode_budget=budget,
     )  # fmt: skip
 
 

@@ -17,7 +17,7 @@ from services.clock import timestamp
 from services.errors import InvalidInput, NotFound, Unavailable
 from services.files.store import FileStore, StoredFile
 from services.storage.blobs import BlobStore
-from services.storage.images import ImageLimits, validate_image
+from services.storage.images import DecodeBudget, ImageLimits, validate_image
 from services.storage.orphans import discard_unless_kept
 
 MAX_FILENAME = 255
@@ -44,6 +44,7 @@ class FileService:
         store: FileStore,
         blobs: BlobStore,
         limits: ImageLimits,
+        decode_budget: DecodeBudget,
         clock: Callable[[], datetime],
         retention: timedelta | None,
         job_keeps_image: Callable[[str], bool],
@@ -51,6 +52,7 @@ class FileService:
         self._store = store
         self._blobs = blobs
         self._limits = limits
+        self._decode_budget = decode_budget
         self._clock = clock
         self.retention = retention  # None: files are kept until deleted
         self._job_keeps_image = job_keeps_image  # image key -> a kept job still uses it
@@ -58,7 +60,7 @@ class FileService:
     def upload(self, owner_id: str, data: bytes, filename: str | None) -> StoredFile:
         """Validate and store an image file. If its row cannot be written, the object just
         stored is taken back unless a job or another file names it (``discard_unless_kept``)."""
-        validated = validate_image(data, self._limits)
+        validated = validate_image(data, self._limits, self._decode_budget)
         self._blobs.put(validated.ref.key, validated.data, validated.ref.content_type)
         file = StoredFile(
             id=new_file_id(),

@@ -25,7 +25,7 @@ from services.net.images import ImageFetcher
 from services.net.webhook_urls import check_webhook_url
 from services.settings import Settings
 from services.storage.blobs import BlobStore
-from services.storage.images import ImageLimits, ValidatedImage, validate_image
+from services.storage.images import DecodeBudget, ImageLimits, ValidatedImage, validate_image
 from services.storage.orphans import discard_unless_kept
 from services.types import JobStatus, Message, Priority, SamplingParams
 from services.usage.estimate import CostEstimator
@@ -142,6 +142,7 @@ class JobService:
         estimator: CostEstimator,
         image_fetcher: ImageFetcher,
         files: FileImages,
+        decode_budget: DecodeBudget,
     ) -> None:
         self._settings = settings
         self._fetcher = image_fetcher
@@ -156,6 +157,7 @@ class JobService:
         self._registry = registry
         self._clock = clock
         self._limits = ImageLimits.from_settings(settings)
+        self._decode_budget = decode_budget
 
     def submit(self, command: SubmitCommand) -> Job:
         return self.submit_or_replay(command).job
@@ -223,7 +225,7 @@ class JobService:
         )
         check_context(spec, estimate.prompt_tokens_min, command.params.max_tokens)
         images = [self._image_bytes(image, command.owner_id) for image in command.images]
-        validated = [validate_image(data, self._limits) for data in images]
+        validated = [validate_image(data, self._limits, self._decode_budget) for data in images]
         # Quotas are checked under the key's lock, held until the job row exists.
         with self._quotas.admit(command.owner_id, estimate.cost_max), self._stored(validated):
             now = self._clock()

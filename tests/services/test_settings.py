@@ -105,3 +105,12 @@ def test_settings_read_the_default_rate_limit():
     )
     with pytest.raises(ConfigurationError):
         load_settings({"LOUPE_DEFAULT_REQUESTS_PER_MINUTE": "-1"})
+
+
+def test_settings_read_the_decode_budget():
+    assert load_settings({}).decode_budget_pixels == 4096 * 4096
+    assert load_settings({"LOUPE_MAX_DECODE_PIXELS": "1000"}).decode_budget_pixels == 1000
+    s = load_settings({"LOUPE_DECODE_BUDGET_PIXELS": "50000000"})
+    assert s.decode_budget_pixels == 50_000_000
+    with pytest.raises(ConfigurationError):
+        load_settings({"LOUPE_DECODE_BUDGET_PIXELS": "0"})

@@ -38,14 +38,17 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def png_bomb(side: int, *, rgb: bool = True) -> bytes:
-    """A valid, black ``side`` x ``side`` PNG of a few kB to a few hundred kB (8-bit RGB, or 1-bit
-    grey), written row by row so that building it never holds the decoded image."""
-    row_bytes = 3 * side if rgb else (side + 7) // 8
+def png_bomb(side: int, *, rgb: bool = True, alpha: bool = False) -> bytes:
+    """A valid, black ``side`` x ``side`` PNG of a few kB to a few hundred kB (8-bit RGB, 8-bit
+    RGBA with ``alpha``, or 1-bit grey), written row by row so that building it never holds the
+    decoded image."""
+    channels = 4 if alpha else 3
+    row_bytes = channels * side if rgb or alpha else (side + 7) // 8
     packer = zlib.compressobj(9)
     row = bytes(1 + row_bytes)  # filter type 0, then black pixels
     idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
-    header = struct.pack(">IIBBBBB", side, side, 8 if rgb else 1, 2 if rgb else 0, 0, 0, 0)
+    depth, color = (8, 6) if alpha else (8, 2) if rgb else (1, 0)
+    header = struct.pack(">IIBBBBB", side, side, depth, color, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + b"".join(
         _png_chunk(kind, body)
         for kind, body in [(b"IHDR", header), (b"IDAT", idat), (b"IEND", b"")]

@@ -172,13 +172,14 @@ def test_deleting_a_file_keeps_an_image_stored_again_since_its_upload(api, user_
     # The file was uploaded a minute ago; the same picture was stored again just now (a job
     # being submitted with it, whose row is not written yet): the image must stay.
     from services.files.service import FileService
-    from services.storage.images import ImageLimits
+    from services.storage.images import DecodeBudget, ImageLimits
 
     owner = api.keys.authenticate(user_key).id
     earlier = FileService(
         store=api.files._store,
         blobs=api.blobs,
         limits=ImageLimits(max_bytes=10**6, max_pixels=10**6, allowed_formats=("PNG",)),
+        decode_budget=DecodeBudget(10**6),
         clock=lambda: utcnow() - timedelta(minutes=1),
         retention=None,
         job_keeps_image=lambda key: False,

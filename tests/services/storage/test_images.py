@@ -6,15 +6,18 @@ import contextlib
 import dataclasses
 import random
 import struct
+import threading
+import time
 import zlib
+from collections import deque
 from collections.abc import Callable
 
 import pytest
 from PIL import Image, PngImagePlugin
 
-from services.errors import InvalidInput, LoupeError
+from services.errors import InvalidInput, LoupeError, Unavailable
 from services.settings import Settings
-from services.storage.images import ImageLimits, validate_image
+from services.storage.images import DecodeBudget, ImageLimits, validate_image
 from tests.helpers import peak_rss_growth
 from tests.support.images import animated_image, gif_screen_bomb, make_image, png_bomb
 
@@ -152,3 +155,77 @@ def test_eight_concurrent_bomb_validations_raise_rss_by_less_than_200_mb(
         lambda: validate_image(data, DEFAULTS), threads=8, expected=InvalidInput
     )
     assert growth < 200 * 2**20
+
+
+def test_eight_concurrent_validations_within_a_budget_hold_about_one_image() -> None:
+    """Eight 4096x4096 PNGs (the largest accepted) at once: +430-500 MB without a budget; with
+    the process's budget (one such image), the decodes take turns."""
+    data = png_bomb(4096)
+    budget = DecodeBudget(DEFAULTS.max_decode_pixels)
+    validate_image(png_bomb(64), DEFAULTS, budget)  # Pillow loads its plugins once, on first use
+    growth = peak_rss_growth(lambda: validate_image(data, DEFAULTS, budget), threads=8)
+    assert growth < 200 * 2**20
+
+
+class Holder:
+    """A thread holding ``pixels`` of ``budget`` until released; records when it got them."""
+
+    def __init__(self, budget: DecodeBudget, pixels: int, log: list[str], name: str) -> None:
+        self.release = threading.Event()
+        self.error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, args=(budget, pixels, log, name))
+        self._thread.start()
+
+    def _run(self, budget: DecodeBudget, pixels: int, log: list[str], name: str) -> None:
+        try:
+            with budget.share(pixels):
+                log.append(name)
+                self.release.wait(10)
+        except Exception as exc:  # noqa: BLE001 - the test reads it
+            self.error = exc
+
+    def done(self) -> None:
+        self.release.set()
+        self._thread.join(10)
+
+
+def _eventually(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.01)
+
+
+def _waiting(budget: DecodeBudget, count: int) -> Callable[[], bool]:
+    return lambda: len(budget._line) == count  # threads queued for their share
+
+
+def test_the_budget_serves_in_arrival_order_and_a_large_image_takes_it_all() -> None:
+    budget, log = DecodeBudget(100), []
+    first = Holder(budget, 60, log, "first")
+    _eventually(lambda: log == ["first"])
+    large = Holder(budget, 1000, log, "large")  # over the budget: waits for all of it
+    _eventually(_waiting(budget, 1))
+    small = Holder(budget, 10, log, "small")  # would fit now, but the large one came first
+    _eventually(_waiting(budget, 2))
+    time.sleep(0.1)  # a chance to jump the line, which it must not take
+    assert log == ["first"]
+    first.done()
+    _eventually(lambda: log == ["first", "large"])
+    large.done()
+    small.done()
+    assert log == ["first", "large", "small"]
+    assert first.error is large.error is small.error is None
+
+
+def test_a_decode_that_waits_past_the_timeout_is_a_503_to_retry() -> None:
+    budget, log = DecodeBudget(100, timeout=0.2), []
+    holder = Holder(budget, 100, log, "holder")
+    _eventually(lambda: log == ["holder"])
+    with pytest.raises(Unavailable) as refused, budget.share(1):
+        pass
+    holder.done()
+    assert refused.value.code == "decode_busy" and refused.value.retry_after == 1
+    assert budget._line == deque()  # the refused request left the line
+    with budget.share(100):  # everything was given back
+        pass
