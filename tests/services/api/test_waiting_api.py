@@ -120,10 +120,9 @@ def test_prefer_wait_is_capped_at_the_maximum(client, api, user_key):
 
 @pytest.mark.parametrize("prefer", ["wait=soon", "wait=-1", "wait=", "wait=1.5", "wait=0"])
 def test_prefer_wait_malformed_is_ignored(client, api, user_key, prefer):
-    """RFC 7240: a preference the server cannot understand is ignored (no 400)."""
-    started = time.monotonic()
+    """RFC 7240: a preference the server cannot understand is ignored (no 400, no wait: a
+    wait it applied would be named in Preference-Applied)."""
     response = _submit(client, user_key, Prefer=prefer)
-    assert time.monotonic() - started < 1
     assert response.status_code == 202
     assert "Preference-Applied" not in response.headers
     assert count_jobs(api.db_engine) == 1
