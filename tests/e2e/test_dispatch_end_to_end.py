@@ -125,7 +125,9 @@ def test_e2e_max_running_2_never_runs_more_than_2_and_all_10_finish(
         done.set()
         sampler.join(5)
         print(f"running, sampled every 50 ms: max {max(seen)} over {len(seen)} samples")
-        assert max(seen) == 2 and len(seen) > 20
+        assert seen and max(seen) <= 2
+        # Exactly, whatever the machine's speed: the runs' intervals overlap two at a time.
+        assert _most_at_once(stack, ids) == 2
     finally:
         done.set()
         stack.close()
@@ -153,6 +155,20 @@ def test_e2e_kill_9_of_the_leading_dispatcher_loses_and_double_bills_nothing(
         assert _leader(stack) is not leader
     finally:
         stack.close()
+
+
+def _most_at_once(stack: Stack, ids: list[str]) -> int:
+    """The most of ``ids`` whose runs (started → completed) overlapped at one instant."""
+    edges = []
+    for job_id in ids:
+        job = stack.api.jobs.get(job_id)
+        assert job.started_at is not None and job.completed_at is not None
+        edges += [(job.started_at, 1), (job.completed_at, -1)]
+    running = most = 0
+    for _, step in sorted(edges):  # an end sorts before a start at the same instant
+        running += step
+        most = max(most, running)
+    return most
 
 
 def _leader(stack: Stack) -> ServerProcess:
