@@ -70,7 +70,13 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from infra.localstack.demo import TERMINAL, sample_png
-from infra.localstack.parts import READY_TIMEOUT_S, Part, api_part, inference_worker_part
+from infra.localstack.parts import (
+    READY_TIMEOUT_S,
+    Part,
+    api_part,
+    dispatcher_part,
+    inference_worker_part,
+)
 from infra.localstack.servers import ServerStartError
 from infra.localstack.stack import StackError, StackPaths, StackPlan, bring_up, launched
 from services.catalog.registry import build_registry
@@ -170,8 +176,9 @@ class BenchStack:
 
 
 def bench_parts(_paths: StackPaths, env: Mapping[str, str]) -> list[Part]:
-    """The API and ONE inference worker (named ``loupe-bench``); no light worker."""
-    return [api_part(env), inference_worker_part(env, node=WORKER_NAME)]
+    """The API, ONE inference worker (named ``loupe-bench``) and the dispatcher; no light
+    worker."""
+    return [api_part(env), inference_worker_part(env, node=WORKER_NAME), dispatcher_part(env)]
 
 
 def bench_plan(config: BenchConfig) -> StackPlan:

@@ -17,6 +17,9 @@ import pytest
 
 from infra.localstack.parts import ENGINE_DEFAULTS, QUIET_ENV
 from infra.models import build_local_models
+
+# The e2e helpers (start_worker) start one dispatcher per stack; this stops them at the end.
+from tests.e2e.conftest import _stop_dispatchers  # noqa: F401
 from workers.engines.vllm_engine import VllmEngine  # imports vllm lazily: safe without it
 
 #: As a worker would run it on CPU: eager mode (no torch.compile: ~25 s to start instead of ~70),
