@@ -66,12 +66,12 @@ def test_bench_plan_runs_one_named_worker_at_the_benchs_concurrency(tmp_path: Pa
     )
     plan = batching.bench_plan(config)
     env = {**plan.overrides, "LOUPE_API_THREADS": "16"}
-    api, worker = plan.app_parts(StackPaths.at(tmp_path), env)
+    api, worker, dispatcher = plan.app_parts(StackPaths.at(tmp_path), env)
 
     assert plan.overrides["LOUPE_DEFAULT_MODEL"] == "loupe-tiny-mllama"
     assert plan.overrides["LOUPE_MODELS_DIR"] == str(tmp_path.resolve())
     assert list(plan.keys) == ["LOUPE_API_KEY"]
-    assert (api.name, worker.name) == ("api", "worker")
+    assert (api.name, worker.name, dispatcher.name) == ("api", "worker", "dispatcher")
     argv = worker.argv
     assert argv[argv.index("--concurrency") + 1] == "7"
     assert argv[argv.index("--prefetch-multiplier") + 1] == "1"
